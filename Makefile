@@ -1,0 +1,50 @@
+# Two entry points on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+UV := $(shell command -v uv 2>/dev/null)
+
+.PHONY: demo test lint typecheck unit venv sysdeps clean bench
+
+venv: $(STAMP)
+
+# mysqlclient (the MySQL provider's driver) compiles against libmariadb; install it where missing.
+sysdeps:
+	@if ! pkg-config --exists libmariadb 2>/dev/null && ! pkg-config --exists mysqlclient 2>/dev/null; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			echo "Installing libmariadb-dev and pkg-config (needed to build mysqlclient)"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libmariadb-dev pkg-config >/dev/null; \
+		else \
+			echo "Missing libmariadb-dev and pkg-config: install them (apt-get install libmariadb-dev pkg-config)"; exit 1; \
+		fi; \
+	fi
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory sysdeps
+	@if [ -z "$(UV)" ]; then echo "Installing uv"; $(PYTHON) -m pip install -q uv; fi
+	uv venv -q --allow-existing --python $(PYTHON) $(VENV)
+	uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt -e ".[test]"
+	@touch $@
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+unit: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test: lint typecheck unit
+
+demo: $(STAMP)
+	$(PY) -m airflow_provider_cartesia.demo
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist

@@ -1,0 +1,234 @@
+"""Errors raised by the Cartesia provider: one rooted tree, one status-to-class map.
+
+::
+
+    CartesiaError                        anything this provider raises on purpose
+    ├── CartesiaConfigError              the connection cannot be used as configured (no key, plain HTTP, ...)
+    ├── CartesiaInvalidIdError           an id that would escape its URL path segment (also a ValueError)
+    └── CartesiaAPIError                 a request to Cartesia failed (status_code, error_code, title, ...)
+        ├── CartesiaBadRequestError      400, 422: the request is wrong; retrying cannot help
+        ├── CartesiaAuthError            401, 403: wrong key, admin key, or a resource of another org
+        ├── CartesiaPaymentRequiredError 402: usage or plan limit
+        ├── CartesiaNotFoundError        404
+        ├── CartesiaRateLimitError       429: concurrency limit; retried after Retry-After
+        ├── CartesiaServerError          5xx; retried
+        ├── CartesiaResponseError        a 2xx whose body is not JSON or does not fit the model
+        └── CartesiaTransportError       no HTTP response: connect failure, timeout, dropped connection
+            └── CartesiaCreateOutcomeUnknownError  a create that may have reached Cartesia; never resent
+
+Messages never carry the API key or phone numbers: every text that came from the network passes
+through :func:`redact` before it lands in an exception.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+
+_PHONE = re.compile(r"\+?\b[1-9]\d{6,14}\b")
+_API_KEY = re.compile(r"sk_car_[A-Za-z0-9_\-]+")
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]+>")
+_SPACES = re.compile(r"\s+")
+MAX_BODY_CHARS = 300
+
+
+def redact(text: str, secrets: Iterable[str] = ()) -> str:
+    """Remove API keys, the given secrets and phone-number-like digit runs from ``text``."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _API_KEY.sub("sk_car_***", text)
+    return _PHONE.sub("<phone>", text)
+
+
+class CartesiaError(Exception):
+    """Root of every error this provider raises on purpose."""
+
+
+class CartesiaConfigError(CartesiaError):
+    """The Cartesia connection cannot be used as configured; the message says which field to fix."""
+
+
+class CartesiaInvalidIdError(CartesiaError, ValueError):
+    """An id that is empty or could leave its URL path segment (``../x``, ``a/b``, ``a?b``)."""
+
+
+class CartesiaAPIError(CartesiaError):
+    """A request to the Cartesia API failed.
+
+    :param status_code: HTTP status, or ``None`` when no response arrived.
+    :param error_code: Cartesia's machine-readable code (may be ``None``, as the API documents).
+    :param title: Cartesia's short title of the error.
+    :param message: what Cartesia said, or a description of the transport failure.
+    :param request_id: Cartesia's request id, to quote to their support.
+    :param method: HTTP method of the failed request.
+    :param path: path of the failed request (ids only; never a query string with data).
+    :param conn_id: Airflow connection id the request used.
+    :param retry_after: seconds the server asked us to wait, when it said so.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_code: str | None = None,
+        title: str | None = None,
+        request_id: str | None = None,
+        method: str | None = None,
+        path: str | None = None,
+        conn_id: str | None = None,
+        retry_after: float | None = None,
+        should_retry_header: bool | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.error_code = error_code
+        self.title = title
+        self.message = message
+        self.request_id = request_id
+        self.method = method
+        self.path = path
+        self.conn_id = conn_id
+        self.retry_after = retry_after
+        self.should_retry_header = should_retry_header
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = f"{self.method} {self.path}" if self.method and self.path else "Cartesia request"
+        status = f" returned HTTP {self.status_code}" if self.status_code is not None else " failed"
+        code = f" [{self.error_code}]" if self.error_code else ""
+        title = f" {self.title}:" if self.title and self.title not in self.message else ""
+        request = f" (request_id {self.request_id})" if self.request_id else ""
+        hint = self.hint()
+        return f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else "")
+
+    def hint(self) -> str:
+        """What the user can do about this error; empty when there is nothing to add."""
+        return ""
+
+
+class CartesiaBadRequestError(CartesiaAPIError):
+    """Cartesia rejected the request as invalid (400 or 422). Retrying the same request cannot help."""
+
+
+class CartesiaAuthError(CartesiaAPIError):
+    """The API key was refused (401) or may not access this resource (403)."""
+
+    def hint(self) -> str:
+        conn = f"Airflow connection '{self.conn_id}'" if self.conn_id else "the Airflow connection"
+        if self.status_code == 403:
+            return f"Check that the API key in {conn} belongs to the organization that owns this resource"
+        return (
+            f"Check the API key in the password field of {conn}: it must be a current, non-admin "
+            "Cartesia key (sk_car_...)"
+        )
+
+
+class CartesiaPaymentRequiredError(CartesiaAPIError):
+    """The organization reached a usage or plan limit (402)."""
+
+
+class CartesiaNotFoundError(CartesiaAPIError):
+    """The batch, call, agent or phone number does not exist for this API key (404)."""
+
+    def hint(self) -> str:
+        return "Check the id, and that the connection's API key belongs to the organization that owns it"
+
+
+class CartesiaRateLimitError(CartesiaAPIError):
+    """Cartesia's concurrency limit was hit (429)."""
+
+
+class CartesiaServerError(CartesiaAPIError):
+    """Cartesia or a proxy in front of it failed (5xx)."""
+
+
+class CartesiaResponseError(CartesiaAPIError):
+    """A successful status whose body is not JSON, or does not fit the documented model."""
+
+    def hint(self) -> str:
+        return (
+            "The API answered in a shape this provider does not understand; check the connection's "
+            "api_version and the base URL (a proxy or a wrong host answers like this)"
+        )
+
+
+class CartesiaTransportError(CartesiaAPIError):
+    """No HTTP response: the host was unreachable, the connection dropped, or a timeout expired.
+
+    :param sent: whether the request may have reached the server (False only for connect failures).
+    """
+
+    def __init__(self, message: str, *, sent: bool = True, **kwargs: object) -> None:
+        self.sent = sent
+        super().__init__(message, **kwargs)  # type: ignore[arg-type]
+
+    def hint(self) -> str:
+        return "Check the connection's base URL and that the host is reachable from the worker"
+
+
+class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
+    """A create request may have reached Cartesia but no answer came back.
+
+    The API has no idempotency key, so resending could dial every recipient twice. The request is
+    not resent; look the batch up by name (newest first) before creating it again.
+    """
+
+    def hint(self) -> str:
+        return (
+            "The batch may have been created. It was not sent again, because Cartesia has no idempotency "
+            "key and a second create would dial every recipient twice: list the batches (newest first) "
+            "and look for this batch's name before creating it again"
+        )
+
+
+def error_class_for_status(status_code: int) -> type[CartesiaAPIError]:
+    """The one map from an HTTP error status to its exception class."""
+    if status_code in (400, 422):
+        return CartesiaBadRequestError
+    if status_code in (401, 403):
+        return CartesiaAuthError
+    if status_code == 402:
+        return CartesiaPaymentRequiredError
+    if status_code == 404:
+        return CartesiaNotFoundError
+    if status_code == 429:
+        return CartesiaRateLimitError
+    if status_code >= 500:
+        return CartesiaServerError
+    return CartesiaAPIError
+
+
+def describe_error_body(body: bytes, content_type: str | None, secrets: Iterable[str] = ()) -> dict[str, str | None]:
+    """Turn an error body (Cartesia JSON, plain text or a proxy's HTML page) into readable parts.
+
+    Returns ``error_code``, ``title``, ``message`` and ``request_id``; the message is redacted and short.
+    """
+    text = body.decode("utf-8", errors="replace").strip()
+    parts: dict[str, str | None] = {"error_code": None, "title": None, "message": None, "request_id": None}
+    try:
+        data = json.loads(text) if text[:1] in "{[" else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in ("error_code", "title", "message", "request_id"):
+            value = data.get(key)
+            parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
+        if parts["message"] is None:
+            detail = data.get("detail") or data.get("error") or text
+            parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]
+        return parts
+    if "html" in (content_type or "").lower() or text[:1] == "<":
+        match = _HTML_TITLE.search(text)
+        page = match.group(1) if match else _TAGS.sub(" ", text)
+        page = _SPACES.sub(" ", page).strip()[:120] or "an HTML page"
+        parts["message"] = f"an HTML page instead of a Cartesia error (a proxy or wrong host?): {redact(page, secrets)}"
+        return parts
+    if ": " in text and "\n" not in text[:200]:
+        title, _, message = text.partition(": ")
+        parts["title"] = redact(title, secrets)[:MAX_BODY_CHARS]
+        text = message
+    parts["message"] = redact(_SPACES.sub(" ", text), secrets)[:MAX_BODY_CHARS] or "(empty body)"
+    return parts

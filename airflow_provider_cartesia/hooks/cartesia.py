@@ -1,0 +1,487 @@
+"""CartesiaHook: the one place that speaks HTTP to Cartesia.
+
+Every request goes through one funnel (:meth:`CartesiaHook._send` for requests, :meth:`CartesiaHook._asend`
+for httpx in triggers). Both funnels build the request and read the answer with
+:mod:`airflow_provider_cartesia.api` and decide on retries with :mod:`airflow_provider_cartesia.retry`;
+only the I/O is written twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from datetime import datetime
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from airflow.sdk import BaseHook
+
+from airflow_provider_cartesia.api import (
+    ApiSettings,
+    api_path,
+    error_from_response,
+    parse_model,
+    settings_from_connection,
+)
+from airflow_provider_cartesia.exceptions import (
+    CartesiaAPIError,
+    CartesiaAuthError,
+    CartesiaBadRequestError,
+    CartesiaConfigError,
+    CartesiaCreateOutcomeUnknownError,
+    CartesiaError,
+    CartesiaTransportError,
+)
+from airflow_provider_cartesia.get_provider_info import (
+    CONN_TYPE,
+    DEFAULT_CONN_ID,
+    SUPPORTED_API_VERSIONS,
+)
+from airflow_provider_cartesia.models import AgentCall, AgentCallPage, CallBatch, CallBatchPage
+from airflow_provider_cartesia.retry import retry_delay, should_retry
+
+if TYPE_CHECKING:
+    import httpx
+    import requests
+
+ModelT = TypeVar("ModelT")
+
+BATCHES = "/agents/calls/batches"
+BATCH = "/agents/calls/batches/{batch_id}"
+BATCH_CANCEL = "/agents/calls/batches/{batch_id}/cancel"
+BATCH_RETRY = "/agents/calls/batches/{batch_id}/retry"
+CALLS = "/agents/calls"
+CALL = "/agents/calls/{call_id}"
+MAX_PAGE_SIZE = 100
+MAX_RECIPIENTS = 5000
+
+# One httpx pool per event loop, shared by every trigger of the triggerer: a thousand waiting
+# batches then reuse a few dozen keep-alive connections instead of opening one each.
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = weakref.WeakKeyDictionary()
+ASYNC_POOL_LIMITS = {"max_connections": 200, "max_keepalive_connections": 100}
+
+
+class CartesiaHook(BaseHook):
+    """Talk to the Cartesia API: call batches and agent calls, typed, authenticated and retried.
+
+    Requests carry ``Authorization: Bearer <key>``, ``Cartesia-Version`` and a timeout. Reads are
+    retried on 408, 429, 5xx and network errors, with capped exponential backoff that honours
+    ``Retry-After``; creating a batch is never resent once it may have reached Cartesia.
+
+    :param cartesia_conn_id: Airflow connection of type ``cartesia``: API key in the password field,
+        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``.
+    :param timeout: read timeout in seconds, overriding the connection's ``timeout`` extra.
+    :param max_retries: retries per request, overriding the connection's ``max_retries`` extra.
+    """
+
+    conn_name_attr = "cartesia_conn_id"
+    default_conn_name = DEFAULT_CONN_ID
+    conn_type = CONN_TYPE
+    hook_name = "Cartesia"
+
+    def __init__(
+        self,
+        cartesia_conn_id: str = DEFAULT_CONN_ID,
+        *,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.cartesia_conn_id = cartesia_conn_id
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._sleep: Callable[[float], None] = time.sleep
+        self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+
+    # -- connection ---------------------------------------------------------------------------
+
+    @cached_property
+    def settings(self) -> ApiSettings:
+        """The connection, validated and resolved (looked up once per hook)."""
+        conn = self.get_connection(self.cartesia_conn_id)
+        return settings_from_connection(conn, timeout=self.timeout, max_retries=self.max_retries)
+
+    async def asettings(self) -> ApiSettings:
+        """Like :attr:`settings`, looked up with Airflow's async connection API (safe in a triggerer)."""
+        if "settings" not in self.__dict__:
+            conn = await self.aget_connection(self.cartesia_conn_id)
+            self.__dict__["settings"] = settings_from_connection(
+                conn, timeout=self.timeout, max_retries=self.max_retries
+            )
+        return self.__dict__["settings"]
+
+    @cached_property
+    def session(self) -> requests.Session:
+        """One keep-alive session for every request of this hook."""
+        import requests
+
+        session = requests.Session()
+        session.trust_env = True
+        return session
+
+    # -- the request funnel (sync) -------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool = True,
+    ) -> bytes:
+        """Send one API request, retrying as :func:`~airflow_provider_cartesia.retry.should_retry` allows."""
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+
+        settings = self.settings
+        retrying = Retrying(
+            stop=stop_after_attempt(settings.max_retries + 1),
+            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
+            wait=_retry_wait,
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        for attempt in retrying:
+            with attempt:
+                return self._send_once(settings, method, path, params, body, idempotent)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+    def _send_once(
+        self,
+        settings: ApiSettings,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        body: Any,
+        idempotent: bool,
+    ) -> bytes:
+        import requests
+        from urllib3.exceptions import NameResolutionError, NewConnectionError
+
+        headers = settings.headers()
+        data = None
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+            data = json.dumps(body, default=_json_default).encode()
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                settings.url(path),
+                params=_clean_params(params),
+                data=data,
+                headers=headers,
+                timeout=(settings.connect_timeout, settings.read_timeout),
+                allow_redirects=False,
+            )
+        except requests.exceptions.ConnectTimeout as exc:
+            raise _transport_error(
+                settings, method, path, exc, "connect timed out", sent=False, idempotent=True
+            ) from exc
+        except requests.exceptions.Timeout as exc:
+            what = f"no response within the {settings.read_timeout:g} s read timeout"
+            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
+        except requests.exceptions.SSLError as exc:
+            raise _transport_error(
+                settings, method, path, exc, "TLS handshake failed", sent=False, idempotent=True
+            ) from exc
+        except requests.exceptions.ConnectionError as exc:
+            reason = getattr(exc.args[0], "reason", None) if exc.args else None
+            not_sent = isinstance(reason, (NewConnectionError, NameResolutionError))
+            what = "could not connect" if not_sent else "the connection dropped before a response arrived"
+            raise _transport_error(settings, method, path, exc, what, sent=not not_sent, idempotent=idempotent) from exc
+        except requests.exceptions.RequestException as exc:
+            raise _transport_error(
+                settings, method, path, exc, "request failed", sent=True, idempotent=idempotent
+            ) from exc
+        self.log.debug(
+            "%s %s -> %s in %.0f ms", method, path, response.status_code, 1000 * (time.monotonic() - started)
+        )
+        if response.status_code >= 300:
+            raise error_from_response(settings, method, path, response.status_code, response.headers, response.content)
+        return response.content
+
+    def _log_retry(self, state: Any) -> None:
+        error = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        self.log.warning(
+            "Retrying in %.1f s (retry %d of %d): %s",
+            wait,
+            state.attempt_number,
+            self.settings.max_retries,
+            error,
+        )
+
+    def _call(
+        self,
+        model: type[ModelT],
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool = True,
+    ) -> ModelT:
+        content = self._send(method, path, params=params, body=body, idempotent=idempotent)
+        return parse_model(model, content, method, path, self.cartesia_conn_id)
+
+    # -- the request funnel (async, for triggers) ----------------------------------------------
+
+    async def _asend(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        idempotent: bool = True,
+    ) -> bytes:
+        """Async twin of :meth:`_send` on httpx, with the same retry decisions."""
+        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+
+        settings = await self.asettings()
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(settings.max_retries + 1),
+            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
+            wait=_retry_wait,
+            sleep=self._asleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._asend_once(settings, method, path, params, idempotent)
+        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+
+    async def _asend_once(
+        self,
+        settings: ApiSettings,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None,
+        idempotent: bool,
+    ) -> bytes:
+        import httpx
+
+        client = _async_client()
+        started = time.monotonic()
+        try:
+            response = await client.request(
+                method,
+                settings.url(path),
+                params=_clean_params(params),
+                headers=settings.headers(),
+                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
+            )
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise _transport_error(
+                settings, method, path, exc, "could not connect", sent=False, idempotent=True
+            ) from exc
+        except httpx.TimeoutException as exc:
+            what = f"no response within the {settings.read_timeout:g} s read timeout"
+            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
+        except httpx.HTTPError as exc:
+            what = "the connection dropped before a response arrived"
+            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
+        self.log.debug(
+            "%s %s -> %s in %.0f ms", method, path, response.status_code, 1000 * (time.monotonic() - started)
+        )
+        if response.status_code >= 300:
+            raise error_from_response(settings, method, path, response.status_code, response.headers, response.content)
+        return response.content
+
+    # -- call batches --------------------------------------------------------------------------
+
+    def get_call_batch(self, batch_id: str) -> CallBatch:
+        """A batch with every recipient's current status (up to 5,000, in one response)."""
+        return self._call(CallBatch, "GET", api_path(BATCH, batch_id=batch_id))
+
+    async def aget_call_batch(self, batch_id: str) -> CallBatch:
+        """Async :meth:`get_call_batch`, for triggers."""
+        path = api_path(BATCH, batch_id=batch_id)
+        content = await self._asend("GET", path)
+        return parse_model(CallBatch, content, "GET", path, self.cartesia_conn_id)
+
+    def list_call_batches(self, agent_id: str | None = None, page_size: int = MAX_PAGE_SIZE) -> Iterator[CallBatch]:
+        """Every batch, newest first (optionally of one agent), fetched page by page as you iterate.
+
+        Batches in a list carry no recipients; use :meth:`get_call_batch` for those.
+        """
+        return self._paginate(CallBatchPage, BATCHES, {"agent_id": agent_id}, page_size)
+
+    def create_call_batch(
+        self,
+        name: str,
+        agent_id: str,
+        from_number_id: str,
+        recipients: Iterable[Mapping[str, Any]],
+        **options: Any,
+    ) -> CallBatch:
+        """Queue a batch of outbound calls; Cartesia starts dialing at once or at ``scheduled_at``.
+
+        Sent once: the API has no idempotency key, so a request that may have reached Cartesia is
+        never resent (that could dial every recipient twice). If no answer arrives,
+        :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` is raised:
+        look the batch up by name with :meth:`list_call_batches` before creating it again.
+
+        :param recipients: ``{"to_number": "+1...", "metadata": {...}}`` items, 1 to 5,000.
+        :param options: ``target_concurrency_limit``, ``ringing_timeout_seconds``,
+            ``max_call_duration_minutes``, ``scheduled_at`` (aware datetime or RFC 3339), ``region``.
+        """
+        items = [dict(r) for r in recipients]
+        if not 1 <= len(items) <= MAX_RECIPIENTS:
+            raise CartesiaBadRequestError(
+                f"a batch takes 1 to {MAX_RECIPIENTS:,} recipients, got {len(items):,}",
+                method="POST",
+                path=BATCHES,
+                conn_id=self.cartesia_conn_id,
+            )
+        body = {"name": name, "agent_id": agent_id, "from_number_id": from_number_id, "recipients": items}
+        body.update({k: v for k, v in options.items() if v is not None})
+        return self._call(CallBatch, "POST", BATCHES, body=body, idempotent=False)
+
+    def cancel_call_batch(self, batch_id: str) -> CallBatch:
+        """Stop dialing the batch's queued recipients; calls in flight finish. Idempotent."""
+        return self._call(CallBatch, "POST", api_path(BATCH_CANCEL, batch_id=batch_id))
+
+    def retry_call_batch(self, batch_id: str) -> CallBatch:
+        """Re-queue recipients whose latest attempt failed or went unanswered (not for cancelled batches)."""
+        return self._call(CallBatch, "POST", api_path(BATCH_RETRY, batch_id=batch_id))
+
+    # -- agent calls ---------------------------------------------------------------------------
+
+    def list_agent_calls(
+        self,
+        batch_id: str | None = None,
+        agent_id: str | None = None,
+        start_time_gte: datetime | str | None = None,
+        start_time_lte: datetime | str | None = None,
+        expand_transcript: bool = False,
+        page_size: int = MAX_PAGE_SIZE,
+    ) -> Iterator[AgentCall]:
+        """Call attempts of a batch or an agent, page by page (a retried recipient appears once per attempt).
+
+        Recipients that failed before dialing have no call; they are only on :meth:`get_call_batch`.
+        """
+        if batch_id is None and agent_id is None:
+            raise ValueError("list_agent_calls needs batch_id or agent_id (the API requires one)")
+        if batch_id is not None:
+            api_path(BATCH, batch_id=batch_id)
+        params = {
+            "batch_id": batch_id,
+            "agent_id": agent_id,
+            "start_time_gte": start_time_gte,
+            "start_time_lte": start_time_lte,
+            "expand": "transcript" if expand_transcript else None,
+        }
+        return self._paginate(AgentCallPage, CALLS, params, page_size)
+
+    def get_agent_call(self, call_id: str) -> AgentCall:
+        """One call attempt: status, times, end reason, summary and metadata."""
+        return self._call(AgentCall, "GET", api_path(CALL, call_id=call_id))
+
+    def _paginate(
+        self,
+        page_model: type[CallBatchPage] | type[AgentCallPage],
+        path: str,
+        params: dict[str, Any],
+        page_size: int,
+    ) -> Iterator[Any]:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:
+            raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE}, got {page_size}")
+
+        def pages() -> Iterator[Any]:
+            query = {**params, "limit": page_size}
+            while True:
+                page = self._call(page_model, "GET", path, params=query)
+                yield from page.data
+                if not page.has_more or not page.data:
+                    return
+                query["starting_after"] = page.next_page or page.data[-1].id
+
+        return pages()
+
+    # -- Airflow integration -------------------------------------------------------------------
+
+    def test_connection(self) -> tuple[bool, str]:
+        """One authenticated read; on failure, say what to fix (key, host or version)."""
+        try:
+            settings = self.settings
+            self._send("GET", BATCHES, params={"limit": 1})
+        except CartesiaAuthError as exc:
+            return False, (
+                f"Cartesia refused the API key (HTTP {exc.status_code}). Put a current, non-admin key "
+                f"(sk_car_...) in the password field of connection '{self.cartesia_conn_id}'."
+            )
+        except CartesiaBadRequestError as exc:
+            return False, (
+                f"Cartesia rejected the request: {exc.message}. Check the api_version extra "
+                f"(supported: {', '.join(SUPPORTED_API_VERSIONS)})."
+            )
+        except CartesiaTransportError as exc:
+            return False, f"Could not reach Cartesia: {exc}"
+        except (CartesiaConfigError, CartesiaAPIError, CartesiaError) as exc:
+            return False, str(exc)
+        return True, f"Connected to Cartesia at {settings.base_url} (API version {settings.api_version})."
+
+
+def _retry_wait(state: Any) -> float:
+    """Tenacity's wait: the shared :func:`retry_delay` applied to the failure just seen."""
+    error = state.outcome.exception() if state.outcome else None
+    return retry_delay(state.attempt_number - 1, error if isinstance(error, BaseException) else None)
+
+
+def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    return {k: _query_value(v) for k, v in params.items() if v is not None}
+
+
+def _query_value(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetimes sent to Cartesia must be timezone-aware (RFC 3339 with offset)")
+        return value.isoformat().replace("+00:00", "Z")
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _transport_error(
+    settings: ApiSettings,
+    method: str,
+    path: str,
+    exc: BaseException,
+    what: str,
+    *,
+    sent: bool,
+    idempotent: bool,
+) -> CartesiaTransportError:
+    """A transport failure as our error; a create that may have arrived becomes 'outcome unknown'."""
+    cls = CartesiaTransportError if idempotent or not sent else CartesiaCreateOutcomeUnknownError
+    message = f"{what} ({type(exc).__name__}, base URL {settings.base_url})"
+    return cls(message, sent=sent, method=method, path=path, conn_id=settings.conn_id)
+
+
+def _async_client() -> httpx.AsyncClient:
+    """The httpx client shared by every hook running on the current event loop."""
+    import httpx
+
+    loop = asyncio.get_running_loop()
+    client = _ASYNC_CLIENTS.get(loop)
+    if client is None or client.is_closed:
+        client = httpx.AsyncClient(limits=httpx.Limits(**ASYNC_POOL_LIMITS), follow_redirects=False, trust_env=True)
+        _ASYNC_CLIENTS[loop] = client
+    return client

@@ -1,0 +1,240 @@
+"""Typed views of Cartesia's call-batch and agent-call objects, and the statuses that drive waiting.
+
+Field names are the API's. Every field but ``id`` is optional and unknown fields are kept
+(``extra="allow"``): Cartesia adds fields and enum values within an API version, and a newer
+value must parse, not break a running DAG. Statuses are therefore plain strings; the constants
+and :func:`classify_batch` below are the one place that gives them meaning.
+
+Phone numbers, metadata, transcripts and summaries are left out of ``repr()`` so that a model
+logged by accident does not leak personal data.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Collection
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BatchStatus:
+    """Values of ``CallBatch.status``; the API derives them from *dispatch* progress."""
+
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    """Every recipient was dispatched; calls may still be ringing or talking."""
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    KNOWN = frozenset({PENDING, IN_PROGRESS, COMPLETED, FAILED, CANCELLED})
+    TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class RecipientStatus:
+    """Values of ``CallBatchRecipient.status``: the queue state, then the latest call attempt."""
+
+    QUEUED = "queued"
+    DISPATCHED = "dispatched"
+    STARTED = "started"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    KNOWN = frozenset({QUEUED, DISPATCHED, STARTED, COMPLETED, FAILED, CANCELLED})
+    TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+class CallStatus:
+    """Values of ``AgentCall.status``. The SDK also uses ``active`` and ``cancelled``."""
+
+    CREATED = "created"
+    STARTED = "started"
+    ACTIVE = "active"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
+
+
+WaitFor = Literal["finished", "dispatched"]
+BatchOutcome = Literal["waiting", "success", "failure"]
+
+
+class CartesiaModel(BaseModel):
+    """Base of every API object: unknown fields are kept, nothing is coerced silently into a lie."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class CallBatchRecipient(CartesiaModel):
+    """One recipient of a call batch and the state of its latest call attempt."""
+
+    id: str
+    """Recipient id within the batch."""
+    to_number: str | None = Field(default=None, repr=False)
+    """Destination number in E.164 form. Personal data: never logged."""
+    status: str | None = None
+    """``queued``, ``dispatched``, ``started``, ``completed``, ``failed`` or ``cancelled`` (open set)."""
+    created_at: datetime | None = None
+    """When the recipient was queued."""
+    agent_call_id: str | None = None
+    """Id of the latest call attempt, set once dispatched."""
+    end_reason: str | None = None
+    """Why the latest call ended (``agent_hangup``, ``dial_no_answer``, ...)."""
+    error_message: str | None = None
+    """Why the recipient failed before a call could be placed."""
+    metadata: dict[str, Any] | None = Field(default=None, repr=False)
+    """Metadata sent with the recipient at creation. Personal data: never logged."""
+
+    @property
+    def is_finished(self) -> bool:
+        """Whether the recipient's latest attempt reached a terminal status."""
+        return self.status in RecipientStatus.TERMINAL
+
+
+class CallBatch(CartesiaModel):
+    """An outbound call batch (campaign). ``recipients`` is only present on a single-batch read."""
+
+    id: str
+    """Batch id (``acb_...``)."""
+    name: str | None = None
+    """The batch's label."""
+    agent_id: str | None = None
+    """Agent that handles the calls."""
+    from_number_id: str | None = None
+    """Phone-number id the batch dials from."""
+    region: str | None = None
+    """``US``, ``EU`` or ``APAC``."""
+    target_concurrency_limit: int | None = None
+    """Most calls of this batch dialed at once."""
+    status: str | None = None
+    """Dispatch status; see :class:`BatchStatus`. ``completed`` does not mean the calls ended."""
+    total_calls_scheduled: int = 0
+    """Recipients queued in the batch."""
+    total_calls_dispatched: int = 0
+    """Recipients handed to the dialer so far, pre-dial failures included."""
+    total_calls_finished: int = 0
+    """Recipients whose latest attempt is terminal, pre-dial failures included."""
+    retry_count: int = 0
+    """Times the batch was retried."""
+    created_at: datetime | None = None
+    """When the batch was created."""
+    last_updated_at: datetime | None = None
+    """When the batch last changed."""
+    scheduled_at: datetime | None = None
+    """When dispatch is scheduled to start; absent for immediate batches."""
+    admitted_at: datetime | None = None
+    """When dispatch actually started."""
+    recipients: list[CallBatchRecipient] | None = Field(default=None, repr=False)
+    """Every recipient, on ``GET /agents/calls/batches/{id}`` only."""
+
+    @property
+    def is_terminal(self) -> bool:
+        """Whether dispatching is over: ``completed``, ``failed`` or ``cancelled``."""
+        return self.status in BatchStatus.TERMINAL
+
+    @property
+    def all_dispatched_calls_finished(self) -> bool:
+        """Whether every dispatched recipient's latest call attempt has ended."""
+        return self.total_calls_finished >= self.total_calls_dispatched
+
+    @property
+    def is_settled(self) -> bool:
+        """Terminal, and no dispatched call is still ringing or talking."""
+        return self.is_terminal and self.all_dispatched_calls_finished
+
+    def recipient_status_counts(self) -> dict[str, int]:
+        """Recipients per status (empty when the batch came without recipients)."""
+        return dict(Counter(r.status or "unknown" for r in self.recipients or ()))
+
+    def summary(self) -> dict[str, Any]:
+        """A small, JSON-safe digest for XCom and logs: counts only, never a recipient."""
+        return {
+            "batch_id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "total_calls_scheduled": self.total_calls_scheduled,
+            "total_calls_dispatched": self.total_calls_dispatched,
+            "total_calls_finished": self.total_calls_finished,
+            "recipient_status_counts": self.recipient_status_counts(),
+            "retry_count": self.retry_count,
+        }
+
+    def progress_line(self) -> str:
+        """``acb_1 in_progress: 1,234 of 5,000 calls finished (24.7%), 3,100 dispatched``."""
+        total = self.total_calls_scheduled
+        pct = f" ({100 * self.total_calls_finished / total:.1f}%)" if total else ""
+        return (
+            f"{self.id} {self.status}: {self.total_calls_finished:,} of {total:,} calls finished{pct}, "
+            f"{self.total_calls_dispatched:,} dispatched"
+        )
+
+
+class AgentCall(CartesiaModel):
+    """One call attempt placed by an agent (a retried recipient has several)."""
+
+    id: str
+    """Call id (``ac_...``)."""
+    agent_id: str | None = None
+    agent_name: str | None = None
+    status: str | None = None
+    """``created``, ``started``, ``completed`` or ``failed`` (open set; the SDK also says ``active``)."""
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    end_reason: str | None = None
+    error_message: str | None = None
+    redacted_at: datetime | None = None
+    telephony_account_type: str | None = None
+    summary: str | None = Field(default=None, repr=False)
+    """Cartesia's summary of the conversation. Personal data: never logged."""
+    transcript: list[dict[str, Any]] | None = Field(default=None, repr=False)
+    """Turns of the conversation, only when asked for. Personal data: never logged."""
+    telephony_params: dict[str, Any] | None = Field(default=None, repr=False)
+    """``to``, ``from``, ``call_sid``, ... Personal data: never logged."""
+    metadata: dict[str, Any] | None = Field(default=None, repr=False)
+    """The recipient's metadata. Personal data: never logged."""
+
+    @property
+    def duration_seconds(self) -> float | None:
+        """``end_time - start_time``; the API has no duration field."""
+        if self.start_time is None or self.end_time is None:
+            return None
+        return (self.end_time - self.start_time).total_seconds()
+
+
+class CallBatchPage(CartesiaModel):
+    """One page of ``GET /agents/calls/batches`` (newest first)."""
+
+    data: list[CallBatch]
+    has_more: bool = False
+    next_page: str | None = None
+
+
+class AgentCallPage(CartesiaModel):
+    """One page of ``GET /agents/calls``."""
+
+    data: list[AgentCall]
+    has_more: bool = False
+    next_page: str | None = None
+
+
+def classify_batch(
+    batch: CallBatch,
+    *,
+    wait_for: WaitFor = "finished",
+    success_statuses: Collection[str] = (BatchStatus.COMPLETED,),
+    failure_statuses: Collection[str] = (BatchStatus.FAILED, BatchStatus.CANCELLED),
+) -> BatchOutcome:
+    """Whether a wait on ``batch`` is over, and how: the one decision the sensor, trigger and operators share.
+
+    ``wait_for="finished"`` also waits until every dispatched call has ended, because the API calls a
+    batch ``completed`` as soon as the last recipient is *dispatched*. A status that is neither a
+    success nor a failure (an unknown, newer one included) keeps the wait going.
+    """
+    status = batch.status or ""
+    if status not in success_statuses and status not in failure_statuses:
+        return "waiting"
+    if wait_for == "finished" and not batch.all_dispatched_calls_finished:
+        return "waiting"
+    return "success" if status in success_statuses else "failure"

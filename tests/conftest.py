@@ -1,0 +1,123 @@
+"""Test set-up shared by every test module.
+
+Airflow reads its configuration at first import, so the environment is fixed here, before anything
+imports airflow: a private AIRFLOW_HOME, a throw-away SQLite metadata DB (``resetdb()`` drops the
+tables of whatever it points at), no example DAGs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+_HOME = Path(tempfile.mkdtemp(prefix="cartesia-airflow-home-"))
+REPO_ROOT = Path(__file__).resolve().parent.parent
+os.environ["AIRFLOW_HOME"] = str(_HOME)
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "example_dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ.pop("AIRFLOW_CONN_CARTESIA_DEFAULT", None)
+
+import pytest  # noqa: E402
+
+from airflow_provider_cartesia.testing import CartesiaSimulator  # noqa: E402
+
+pytest_plugins = ["airflow_provider_cartesia.testing.pytest_plugin"]
+
+REQUIRE_SERVERS = os.environ.get("CARTESIA_REQUIRE_SERVERS", "") not in ("", "0", "false")
+POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+MYSQL_URI = os.environ.get("CARTESIA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+def cartesia_connection_json(sim: CartesiaSimulator, **extra: object) -> str:
+    """An ``AIRFLOW_CONN_*`` value (JSON form) pointing at the simulator."""
+    import json
+
+    return json.dumps(
+        {
+            "conn_type": "cartesia",
+            "host": sim.url,
+            "password": sim.api_key,
+            "extra": {"api_version": "2026-03-01", **extra},
+        }
+    )
+
+
+@pytest.fixture
+def cartesia_conn_id(cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``cartesia_default`` pointing at a freshly reset simulator."""
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_DEFAULT", cartesia_connection_json(cartesia_simulator))
+    return "cartesia_default"
+
+
+class SleepRecorder:
+    """Stands in for ``time.sleep`` / ``asyncio.sleep``: records the waits, waits for nothing."""
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+    async def asleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+@pytest.fixture
+def sleeps() -> SleepRecorder:
+    return SleepRecorder()
+
+
+@pytest.fixture
+def hook(cartesia_conn_id: str, sleeps: SleepRecorder):  # type: ignore[no-untyped-def]
+    """A CartesiaHook on the simulator whose retry waits are recorded instead of slept."""
+    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+    h = CartesiaHook(cartesia_conn_id)
+    h._sleep = sleeps
+    h._asleep = sleeps.asleep
+    return h
+
+
+def _server_unreachable(kind: str, reason: str) -> None:
+    message = f"{kind} server not reachable ({reason})"
+    if REQUIRE_SERVERS:
+        pytest.fail(f"{message}; CARTESIA_REQUIRE_SERVERS is set, so this is a failure", pytrace=False)
+    pytest.skip(f"{message}; start it to run these tests")
+
+
+@pytest.fixture(scope="session")
+def postgres_uri() -> str:
+    """URI of the local PostgreSQL test database; skips (or fails in CI) when it is not reachable."""
+    try:
+        import psycopg
+
+        with psycopg.connect(POSTGRES_URI, connect_timeout=3):
+            pass
+    except Exception as exc:
+        _server_unreachable("PostgreSQL", f"{POSTGRES_URI}: {type(exc).__name__}: {exc}".strip())
+    return POSTGRES_URI
+
+
+@pytest.fixture(scope="session")
+def mysql_uri() -> str:
+    """URI of the local MariaDB/MySQL test database; skips (or fails in CI) when it is not reachable."""
+    try:
+        import MySQLdb
+
+        MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", db="test", connect_timeout=3).close()
+    except Exception as exc:
+        _server_unreachable("MariaDB", f"{MYSQL_URI}: {type(exc).__name__}: {exc}".strip())
+    return MYSQL_URI
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Iterator[None]:
+    """A fresh metadata DB (the temp SQLite file above), for tests that run ``dag.test()``."""
+    from airflow.utils import db
+
+    db.resetdb()
+    yield

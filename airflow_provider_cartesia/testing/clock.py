@@ -39,6 +39,7 @@ class SimClock:
         if tick_per_request < 0:
             raise ValueError("tick_per_request must be >= 0")
         self.tick_per_request = float(tick_per_request)
+        self._initial_tick = self.tick_per_request
         self._speed: float | None = None  # None: manual clock
         self._offset = 0.0  # seconds added by advance()
         self._origin = time.monotonic()
@@ -90,8 +91,10 @@ class SimClock:
             self.advance(self.tick_per_request)
 
     def reset(self) -> None:
-        """Back to the start time (a real clock starts following wall time again from here)."""
+        """Back to the start time and the initial ``tick_per_request`` (a real clock starts following
+        wall time again from here)."""
         with self._lock:
+            self.tick_per_request = self._initial_tick
             self._offset = 0.0
             self._origin = time.monotonic()
 

@@ -5,19 +5,22 @@
     CartesiaError                        anything this provider raises on purpose
     ├── CartesiaConfigError              the connection cannot be used as configured (no key, plain HTTP, ...)
     ├── CartesiaInvalidIdError           an id that would escape its URL path segment (also a ValueError)
-    └── CartesiaAPIError                 a request to Cartesia failed (status_code, error_code, title, ...)
-        ├── CartesiaBadRequestError      400, 422: the request is wrong; retrying cannot help
-        ├── CartesiaAuthError            401, 403: wrong key, admin key, or a resource of another org
-        ├── CartesiaPaymentRequiredError 402: usage or plan limit
-        ├── CartesiaNotFoundError        404
-        ├── CartesiaRateLimitError       429: concurrency limit; retried after Retry-After
-        ├── CartesiaServerError          5xx; retried
-        ├── CartesiaResponseError        a 2xx whose body is not JSON or does not fit the model
-        └── CartesiaTransportError       no HTTP response: connect failure, timeout, dropped connection
-            └── CartesiaCreateOutcomeUnknownError  a create that may have reached Cartesia; never resent
+    ├── CartesiaAPIError                 a request to Cartesia failed (status_code, error_code, title, ...)
+    │   ├── CartesiaBadRequestError      400, 422: the request is wrong; retrying cannot help
+    │   ├── CartesiaAuthError            401, 403: wrong key, admin key, or a resource of another org
+    │   ├── CartesiaPaymentRequiredError 402: usage or plan limit
+    │   ├── CartesiaNotFoundError        404
+    │   ├── CartesiaRateLimitError       429: concurrency limit; retried after Retry-After
+    │   ├── CartesiaServerError          5xx; retried
+    │   ├── CartesiaResponseError        a 2xx whose body is not JSON or does not fit the model
+    │   └── CartesiaTransportError       no HTTP response: connect failure, timeout, dropped connection
+    │       └── CartesiaCreateOutcomeUnknownError  a create that may have reached Cartesia; never resent
+    └── CartesiaWarehouseError           writing export rows to a SQL warehouse failed (batch, table, error kind)
+        └── CartesiaWarehouseSchemaError the table name is unsafe, or the table is missing or lacks columns
 
 Messages never carry the API key or phone numbers: every text that came from the network passes
-through :func:`redact` before it lands in an exception.
+through :func:`redact` before it lands in an exception. Warehouse errors never quote a database
+driver's message about a write, which may hold the row's values.
 """
 
 from __future__ import annotations
@@ -182,6 +185,37 @@ class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
             "key and a second create would dial every recipient twice: list the batches (newest first) "
             "and look for this batch's name before creating it again"
         )
+
+
+class CartesiaWarehouseError(CartesiaError):
+    """Writing a batch's rows to the warehouse failed; the batch's previous rows were kept.
+
+    The message names the batch, the table and the kind of database error, never the values.
+
+    :param table: the target table, as given.
+    :param batch_id: the batch being written, when the failure concerns one.
+    :param kind: the database driver's exception class (``UniqueViolation``, ``OperationalError``, ...).
+    :param code: the SQLSTATE or the driver's error number, when it gives one.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        table: str | None = None,
+        batch_id: str | None = None,
+        kind: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        self.table = table
+        self.batch_id = batch_id
+        self.kind = kind
+        self.code = code
+        super().__init__(message)
+
+
+class CartesiaWarehouseSchemaError(CartesiaWarehouseError):
+    """The table name is not a safe identifier, or the table is missing or lacks columns; retrying cannot help."""
 
 
 def error_class_for_status(status_code: int) -> type[CartesiaAPIError]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 
 
@@ -41,17 +42,25 @@ class SimClock:
         self.tick_per_request = float(tick_per_request)
         self._initial_tick = self.tick_per_request
         self._speed: float | None = None  # None: manual clock
+        self._timer: Callable[[], float] = time.monotonic
         self._offset = 0.0  # seconds added by advance()
-        self._origin = time.monotonic()
+        self._origin = self._timer()
         self._lock = threading.Lock()
 
     @classmethod
-    def real(cls, speed: float = 1.0, *, start: datetime | None = None) -> SimClock:
-        """A clock that follows wall time, ``speed`` simulated seconds per real second, from now."""
+    def real(
+        cls, speed: float = 1.0, *, start: datetime | None = None, timer: Callable[[], float] = time.monotonic
+    ) -> SimClock:
+        """A clock that follows wall time, ``speed`` simulated seconds per real second, from now.
+
+        ``timer`` (seconds, monotonic) is there for tests of the clock itself.
+        """
         if speed <= 0:
             raise ValueError("speed must be > 0")
         clock = cls(start)
         clock._speed = float(speed)
+        clock._timer = timer
+        clock._origin = timer()
         return clock
 
     @property
@@ -69,7 +78,7 @@ class SimClock:
         with self._lock:
             elapsed = self._offset
             if self._speed is not None:
-                elapsed += (time.monotonic() - self._origin) * self._speed
+                elapsed += (self._timer() - self._origin) * self._speed
         return self._start + timedelta(seconds=elapsed)
 
     def advance(self, seconds: float) -> None:
@@ -96,7 +105,7 @@ class SimClock:
         with self._lock:
             self.tick_per_request = self._initial_tick
             self._offset = 0.0
-            self._origin = time.monotonic()
+            self._origin = self._timer()
 
     def __repr__(self) -> str:
         kind = f"real, speed={self._speed}" if self._speed is not None else "manual"

@@ -95,6 +95,10 @@ class SimHTTPServer(ThreadingHTTPServer):
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Buffer each response (flushed once in _send) and disable Nagle: a header write followed by a
+    # small body write would otherwise wait for the client's delayed ACK (~40 ms per request).
+    wbufsize = 64 * 1024
+    disable_nagle_algorithm = True
     server_version = "cartesia-simulator"
     sys_version = ""
     server: SimHTTPServer

@@ -26,7 +26,13 @@ from airflow_provider_cartesia.testing.clock import SimClock
 from airflow_provider_cartesia.testing.faults import Fault, FaultPlan
 from airflow_provider_cartesia.testing.recording import RecordedRequest, RequestLog
 from airflow_provider_cartesia.testing.server import ServerContext, SimHTTPServer, check_loopback
-from airflow_provider_cartesia.testing.state import BatchTimes, CallProfile, batch_times, truncate_ms
+from airflow_provider_cartesia.testing.state import (
+    OUTCOME_KINDS,
+    BatchTimes,
+    CallProfile,
+    batch_times,
+    truncate_ms,
+)
 from airflow_provider_cartesia.testing.views import batch_json, call_json
 
 DEFAULT_API_KEY = "sk_car_test_key"
@@ -189,10 +195,13 @@ class CartesiaSimulator:
         """Create a batch directly (no HTTP, no validation beyond shapes); returns its id.
 
         ``recipients`` is a count (numbers ``+14155550000``... with metadata ``{"customer_id":
-        "cust_00001"}``...) or a list of ``{"to_number": ..., "metadata": ...}``. The batch is
+        "cust_00001"}``...) or a list of ``{"to_number": ..., "metadata": ..., "outcome": ...}``
+        where the optional ``outcome`` (one of ``OUTCOME_KINDS``) forces that recipient's first
+        attempt; other attempts (and recipients without it) draw from ``outcomes``. The batch is
         created at ``created_at`` (default: the clock's now) and dispatches from
         ``max(created_at, scheduled_at)``; see ``state.py`` for the timing model.
         """
+        forced: list[str | None] | None = None
         if isinstance(recipients, int):
             if recipients < 1:
                 raise ValueError("a batch needs at least one recipient")
@@ -201,6 +210,10 @@ class CartesiaSimulator:
             if not recipients:
                 raise ValueError("a batch needs at least one recipient")
             lines = [(str(item["to_number"]), item.get("metadata")) for item in recipients]
+            forced = [item.get("outcome") for item in recipients]
+            unknown = {kind for kind in forced if kind is not None and kind not in OUTCOME_KINDS}
+            if unknown:
+                raise ValueError(f"unknown outcome kinds {sorted(unknown)}; known: {', '.join(OUTCOME_KINDS)}")
         profile = CallProfile(dispatch_interval=dispatch_interval, call_seconds=call_seconds, outcomes=outcomes)
         with self._api.lock:
             now = truncate_ms(created_at if created_at is not None else self.clock.now())
@@ -216,6 +229,7 @@ class CartesiaSimulator:
                 max_call_duration_minutes=max_call_duration_minutes,
                 scheduled_at=truncate_ms(scheduled_at) if scheduled_at is not None else None,
                 region=region,
+                first_outcomes=forced,
             )
             return batch.id
 

@@ -286,9 +286,11 @@ class SimState:
         dispatch_at: datetime,
         ringing_timeout_seconds: int,
         max_call_duration_minutes: int,
+        kind: str | None = None,
     ) -> Attempt:
-        kinds = list(profile.mix)
-        kind = rng.choices(kinds, weights=[profile.mix[k] for k in kinds])[0]
+        if kind is None:
+            kinds = list(profile.mix)
+            kind = rng.choices(kinds, weights=[profile.mix[k] for k in kinds])[0]
         low, high = profile.call_seconds
         ring_cap = float(ringing_timeout_seconds)
         call_id: str | None = self.new_id("ac", rng)
@@ -353,7 +355,9 @@ class SimState:
         max_call_duration_minutes: int = 480,
         scheduled_at: datetime | None = None,
         region: str = "US",
+        first_outcomes: list[str | None] | None = None,
     ) -> Batch:
+        """Queue a batch; ``first_outcomes[i]`` (seeding only) forces recipient i's first outcome kind."""
         batch_rng = random.Random(self.rng.getrandbits(64))
         batch = Batch(
             seq=self._next_seq(),
@@ -382,11 +386,14 @@ class SimState:
             )
             batch.recipients.append(recipient)
             dispatch_at = after(batch.admitted_at, (index + 1) * profile.dispatch_interval)
-            self._queue(recipient, self._plan_for(batch, queued_at=now, dispatch_at=dispatch_at))
+            forced = first_outcomes[index] if first_outcomes else None
+            self._queue(recipient, self._plan_for(batch, queued_at=now, dispatch_at=dispatch_at, kind=forced))
         self.batches[batch.id] = batch
         return batch
 
-    def _plan_for(self, batch: Batch, *, queued_at: datetime, dispatch_at: datetime) -> Attempt:
+    def _plan_for(
+        self, batch: Batch, *, queued_at: datetime, dispatch_at: datetime, kind: str | None = None
+    ) -> Attempt:
         return self._plan(
             batch.rng,
             batch.profile,
@@ -394,6 +401,7 @@ class SimState:
             dispatch_at=dispatch_at,
             ringing_timeout_seconds=batch.ringing_timeout_seconds,
             max_call_duration_minutes=batch.max_call_duration_minutes,
+            kind=kind,
         )
 
     def batches_newest_first(self) -> list[Batch]:

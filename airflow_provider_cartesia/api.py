@@ -20,6 +20,7 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaResponseError,
     describe_error_body,
     error_class_for_status,
+    redact,
 )
 from airflow_provider_cartesia.get_provider_info import (
     DEFAULT_API_VERSION,
@@ -151,7 +152,7 @@ def api_path(template: str, **ids: str) -> str:
     values = {}
     for name, value in ids.items():
         if not isinstance(value, str) or not _ID.fullmatch(value) or value in (".", ".."):
-            shown = value if isinstance(value, str) and len(value) <= 80 else type(value).__name__
+            shown = redact(value) if isinstance(value, str) and len(value) <= 80 else type(value).__name__
             raise CartesiaInvalidIdError(
                 f"{name} {shown!r} is not a valid Cartesia id: ids are letters, digits and '_', '-', '.', ':', "
                 "starting with a letter or digit (for example acb_123)"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 _HOME = Path(tempfile.mkdtemp(prefix="cartesia-airflow-home-"))
@@ -18,7 +17,6 @@ os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "example_dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_HOME / 'airflow.db'}"
-os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ.pop("AIRFLOW_CONN_CARTESIA_DEFAULT", None)
 
 import pytest  # noqa: E402
@@ -115,9 +113,8 @@ def mysql_uri() -> str:
 
 
 @pytest.fixture(scope="session")
-def airflow_db() -> Iterator[None]:
+def airflow_db() -> None:
     """A fresh metadata DB (the temp SQLite file above), for tests that run ``dag.test()``."""
     from airflow.utils import db
 
     db.resetdb()
-    yield

@@ -759,6 +759,28 @@ def test_delay_fault_is_slow_and_trips_client_timeouts(sim: CartesiaSimulator, c
     assert client.get(BATCHES).status_code == 200  # a fresh connection is served at once
 
 
+def test_reset_cuts_a_delayed_request_short_so_it_never_lands_in_the_next_test(sim: CartesiaSimulator):
+    sim.inject("POST", BATCHES, Fault(delay=30.0))
+    outcome: list[BaseException | int] = []
+
+    def create() -> None:
+        try:
+            outcome.append(Client(sim).post(BATCHES, json=batch_body(1), timeout=10).status_code)
+        except requests.RequestException as exc:
+            outcome.append(exc)
+
+    thread = threading.Thread(target=create)
+    started = time.monotonic()
+    thread.start()
+    while sim.count("POST", BATCHES) == 0:  # wait for arrival (no sleep: the request is in flight)
+        assert time.monotonic() - started < 5
+    sim.reset()
+    thread.join(timeout=5)
+    assert time.monotonic() - started < 5, "the 30 s delay was cut short"
+    assert isinstance(outcome[0], requests.ConnectionError)
+    assert sim.batch_count() == 0
+
+
 def test_fault_constructor_refuses_contradictions():
     with pytest.raises(ValueError, match="one of"):
         Fault(status=500, drop=True)
@@ -808,6 +830,7 @@ def test_request_log_records_and_counts_with_patterns(sim: CartesiaSimulator, cl
     assert sim.count("GET") == 2
     assert sim.count("get", BATCHES) == 1
     assert sim.count(path=f"{BATCHES}/*") == 1
+    assert sim.count(path=f"{BATCHES}/{{batch_id}}") == 1
     assert sim.count("POST", f"{BATCHES}/*/cancel") == 1
     first, _, _, create = sim.requests
     assert first.query == {"limit": "5", "agent_id": "a"}
@@ -880,6 +903,15 @@ def test_sim_clock_manual_and_real():
 
 
 # -- lifecycle, errors, fixtures -----------------------------------------------------------------------
+
+
+def test_importing_the_simulator_loads_no_airflow_and_no_http_clients():
+    code = (
+        "import sys, airflow_provider_cartesia.testing as t, airflow_provider_cartesia.testing.__main__;"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'airflow', 'requests', 'httpx', 'pydantic'}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_only_loopback_addresses_are_bound():

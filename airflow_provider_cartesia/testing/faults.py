@@ -3,8 +3,9 @@
 A *path pattern* is an exact path (``/agents/calls/batches``) or one whose ``*`` segments each
 match exactly one non-empty path segment (``/agents/calls/batches/*`` matches
 ``/agents/calls/batches/acb_1`` but neither ``/agents/calls/batches`` nor
-``/agents/calls/batches/acb_1/cancel``). The query string is never part of the path. A method of
-``"*"`` matches every method.
+``/agents/calls/batches/acb_1/cancel``). A ``{name}`` segment, as in the API reference
+(``/agents/calls/batches/{batch_id}``), is the same as ``*``. The query string is never part of
+the path. A method of ``"*"`` matches every method.
 
 Faults are applied before authentication, like a proxy or load balancer in front of the API.
 """
@@ -25,13 +26,17 @@ _PROXY_HTML = (
 
 def path_matches(pattern: str, path: str) -> bool:
     """Whether ``path`` matches ``pattern`` (exact, ``*`` = one segment). See the module docstring."""
-    if "*" not in pattern:
+    if "*" not in pattern and "{" not in pattern:
         return pattern == path
     want = pattern.split("/")
     got = path.split("/")
     if len(want) != len(got):
         return False
-    return all(w == g or (w == "*" and g != "") for w, g in zip(want, got, strict=True))
+    return all(w == g or (_is_wildcard(w) and g != "") for w, g in zip(want, got, strict=True))
+
+
+def _is_wildcard(segment: str) -> bool:
+    return segment == "*" or (len(segment) > 2 and segment[0] == "{" and segment[-1] == "}")
 
 
 def method_matches(pattern: str, method: str) -> bool:

@@ -1,0 +1,234 @@
+"""The export row: one per ``(batch_id, recipient_id)``, its columns, and how a batch becomes rows.
+
+A row is a tuple of DB-API parameters in :func:`export_columns` order. Everything engine-specific
+stays out of here except one thing the caller passes in: how its engine takes a timestamp
+(``adapt_time``). Timestamps reach ``adapt_time`` as timezone-aware UTC datetimes; ``metadata`` and
+``call_transcript`` become compact JSON text (UTF-8, not ASCII-escaped), which every engine accepts
+for its JSON type and which reads back to the same value.
+
+With calls (``include_calls=True``) each recipient gets the columns of its *latest* call attempt,
+the call whose id is the recipient's ``agent_call_id``, and ``call_attempts``, the number of call
+records the batch holds for that recipient. The calls API has no recipient id, so earlier attempts
+are matched by destination number (``telephony_params.to``), and by ``metadata`` when two recipients
+of one batch share a number. Attempts that cannot be told apart (same number and same metadata)
+give ``call_attempts`` NULL; redacted calls carry no number and are counted only when they are the
+latest. A recipient that failed before dialing has no call record: its call columns are NULL and
+``call_attempts`` is 0.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from airflow_provider_cartesia.models import AgentCall, CallBatch, CallBatchRecipient
+
+ColumnKind = Literal["key", "text", "long_text", "timestamp", "float", "integer", "json"]
+"""Logical column types; the warehouse layer maps each to an engine's DDL type."""
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the export table."""
+
+    name: str
+    kind: ColumnKind
+    doc: str
+
+
+RECIPIENT_COLUMNS: tuple[Column, ...] = (
+    Column("batch_id", "key", "The batch's id (acb_...); with recipient_id, the primary key."),
+    Column("recipient_id", "key", "The recipient's id within the batch."),
+    Column("batch_name", "long_text", "The batch's label."),
+    Column("agent_id", "text", "Agent that handles the batch's calls."),
+    Column("batch_status", "text", "The batch's dispatch status at export time."),
+    Column("to_number", "text", "Destination number (E.164). Personal data."),
+    Column("status", "text", "Recipient status: queue state, then the latest attempt's outcome."),
+    Column("end_reason", "text", "Why the latest call ended (agent_hangup, dial_no_answer, ...)."),
+    Column("error_message", "long_text", "Why the recipient failed before a call could be placed."),
+    Column("agent_call_id", "text", "Id of the latest call attempt."),
+    Column("created_at", "timestamp", "When the recipient was queued (UTC)."),
+    Column("metadata", "json", "The recipient's metadata, as sent at creation. Personal data."),
+    Column("exported_at", "timestamp", "When this row was written (UTC)."),
+)
+CALL_COLUMNS: tuple[Column, ...] = (
+    Column("call_status", "text", "Status of the latest call attempt (created, started, completed, failed)."),
+    Column("call_start_time", "timestamp", "Start of the latest call attempt (UTC)."),
+    Column("call_end_time", "timestamp", "End of the latest call attempt (UTC)."),
+    Column("call_duration_seconds", "float", "call_end_time - call_start_time, in seconds."),
+    Column("call_summary", "long_text", "Cartesia's summary of the latest call. Personal data."),
+    Column("call_attempts", "integer", "Call records of this recipient in the batch (NULL when ambiguous)."),
+)
+TRANSCRIPT_COLUMN = Column("call_transcript", "json", "Transcript of the latest call. Personal data.")
+PRIMARY_KEY: tuple[str, ...] = ("batch_id", "recipient_id")
+
+_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def export_columns(*, include_calls: bool = False, include_transcript: bool = False) -> tuple[Column, ...]:
+    """The table's columns, in row order, for the given options."""
+    if include_transcript and not include_calls:
+        raise ValueError("include_transcript=True needs include_calls=True")
+    columns = RECIPIENT_COLUMNS
+    if include_calls:
+        columns += CALL_COLUMNS
+    if include_transcript:
+        columns += (TRANSCRIPT_COLUMN,)
+    return columns
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime (the API always sends an offset) is taken as UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value.astimezone(timezone.utc)
+
+
+def json_text(value: Any) -> str | None:
+    """Compact JSON text of ``value`` (None stays None, i.e. SQL NULL)."""
+    return None if value is None else _json_text(value)
+
+
+@dataclass(frozen=True)
+class LatestCall:
+    """What the export keeps of a recipient's latest call attempt."""
+
+    status: str | None
+    start_time: datetime | None
+    end_time: datetime | None
+    duration_seconds: float | None
+    summary: str | None
+    transcript_json: str | None
+
+
+@dataclass(frozen=True)
+class CallOutcomes:
+    """Per recipient id: its latest call (when the batch's calls hold it) and its number of call records."""
+
+    latest: Mapping[str, LatestCall]
+    attempts: Mapping[str, int | None]
+
+
+def collect_call_outcomes(
+    recipients: Sequence[CallBatchRecipient],
+    calls: Iterable[AgentCall],
+    *,
+    keep_transcript: bool = False,
+) -> CallOutcomes:
+    """Join a batch's call records (any order, streamed) to its recipients; see the module docstring.
+
+    Memory holds one entry per recipient, never the calls themselves.
+    """
+    by_call_id = {r.agent_call_id: r.id for r in recipients if r.agent_call_id}
+    by_number: dict[str, list[CallBatchRecipient]] = {}
+    for r in recipients:
+        if r.to_number:
+            by_number.setdefault(r.to_number, []).append(r)
+    latest: dict[str, LatestCall] = {}
+    counts: Counter[str] = Counter()
+    ambiguous: set[str] = set()
+    for call in calls:
+        rid = by_call_id.get(call.id)
+        if rid is not None:
+            latest[rid] = LatestCall(
+                status=call.status,
+                start_time=call.start_time,
+                end_time=call.end_time,
+                duration_seconds=call.duration_seconds,
+                summary=call.summary,
+                transcript_json=json_text(call.transcript) if keep_transcript else None,
+            )
+        to = (call.telephony_params or {}).get("to")
+        owners = by_number.get(to) if isinstance(to, str) else None
+        if not owners:
+            continue
+        if len(owners) > 1:
+            matched = [o for o in owners if o.metadata == call.metadata]
+            if len(matched) != 1:
+                ambiguous.update(o.id for o in (matched or owners))
+                continue
+            owners = matched
+        counts[owners[0].id] += 1
+    attempts: dict[str, int | None] = {}
+    for r in recipients:
+        if r.id in ambiguous:
+            attempts[r.id] = None
+        else:
+            # A latest call that lost its number (redacted) still is one attempt.
+            attempts[r.id] = max(counts[r.id], 1 if r.id in latest else 0)
+    return CallOutcomes(latest=latest, attempts=attempts)
+
+
+def batch_rows(
+    batch: CallBatch,
+    *,
+    exported_at: datetime,
+    adapt_time: Callable[[datetime], Any],
+    calls: CallOutcomes | None = None,
+    include_transcript: bool = False,
+) -> Iterator[tuple[Any, ...]]:
+    """One row per recipient of ``batch`` (fetched with its recipients), in :func:`export_columns` order.
+
+    :param exported_at: the value of ``exported_at`` for every row.
+    :param adapt_time: turns an aware UTC datetime into what the engine takes for a timestamp.
+    :param calls: the batch's call outcomes; pass them to fill the call columns.
+    :param include_transcript: add ``call_transcript`` (needs ``calls``).
+    """
+    if include_transcript and calls is None:
+        raise ValueError("include_transcript=True needs the batch's calls")
+    exported = adapt_time(utc(exported_at))
+    batch_id, name, agent_id, batch_status = batch.id, batch.name, batch.agent_id, batch.status
+    no_call = (None, None, None, None, None)
+    for r in batch.recipients or ():
+        created = r.created_at
+        metadata = r.metadata
+        row: tuple[Any, ...] = (
+            batch_id,
+            r.id,
+            name,
+            agent_id,
+            batch_status,
+            r.to_number,
+            r.status,
+            r.end_reason,
+            r.error_message,
+            r.agent_call_id,
+            None if created is None else adapt_time(utc(created)),
+            None if metadata is None else _json_text(metadata),
+            exported,
+        )
+        if calls is not None:
+            call = calls.latest.get(r.id)
+            attempts = calls.attempts.get(r.id, 0)
+            if call is None:
+                row += (*no_call, attempts)
+                if include_transcript:
+                    row += (None,)
+            else:
+                start, end = call.start_time, call.end_time
+                row += (
+                    call.status,
+                    None if start is None else adapt_time(utc(start)),
+                    None if end is None else adapt_time(utc(end)),
+                    call.duration_seconds,
+                    call.summary,
+                    attempts,
+                )
+                if include_transcript:
+                    row += (call.transcript_json,)
+        yield row
+
+
+def status_counts(batch: CallBatch) -> tuple[dict[str, int], dict[str, int]]:
+    """Recipients of ``batch`` per status and per end reason (``"none"`` for a missing value)."""
+    statuses: Counter[str] = Counter()
+    end_reasons: Counter[str] = Counter()
+    for r in batch.recipients or ():
+        statuses[r.status or "none"] += 1
+        end_reasons[r.end_reason or "none"] += 1
+    return dict(statuses), dict(end_reasons)

@@ -1,0 +1,628 @@
+"""The warehouse layer: the export table on any engine with a common-sql ``DbApiHook``, written batch by batch.
+
+What it owns, and nothing else (no HTTP, no Cartesia models):
+
+- **Names.** A table name is ``table`` or ``schema.table``; each part must be a plain identifier
+  (letters, digits, ``_``; not starting with a digit; at most 63 characters). Anything else is
+  refused, never escaped into SQL. Valid parts are then quoted by the hook's dialect
+  (``hook.dialect.escape_word``), which quotes reserved words (``order``, ``user``) and leaves plain
+  names to the engine's own case rules.
+- **Types per engine** (:data:`ENGINES`). PostgreSQL: ``TEXT``, ``TIMESTAMPTZ``, ``JSONB``, ``DOUBLE
+  PRECISION``. MySQL/MariaDB: ``VARCHAR(255)`` (keys in the binary collation, so ids stay case
+  sensitive), ``TEXT``/``MEDIUMTEXT``, ``DATETIME(6)`` holding UTC (MySQL has no zoned type and
+  ``TIMESTAMP`` ends in 2038), ``JSON``, table charset ``utf8mb4``. SQLite: ``TEXT`` with timestamps
+  as ISO 8601 UTC text (``2026-06-01T12:00:00.000000+00:00``, sortable, read by SQLite's date
+  functions) and JSON as text. Any other engine: standard SQL (``VARCHAR``, ``TIMESTAMP WITH TIME
+  ZONE``, ``DOUBLE PRECISION``); where those do not fit, create the table yourself and pass
+  ``create_table=False``.
+- **The table's shape.** :meth:`WarehouseWriter.ensure_table` creates the table when it is missing
+  (primary key ``(batch_id, recipient_id)``), and checks an existing one for the export's columns by
+  reading a query's cursor description (works on every DB-API driver, no SQLAlchemy). Missing columns
+  are an error that names them, or are added with ``ALTER TABLE ... ADD COLUMN``.
+- **Replacing a batch atomically.** :meth:`WarehouseWriter.replace_batch` deletes the batch's rows
+  and inserts its new ones in one transaction on one DB-API connection, commits once, and rolls back
+  on any error: a failure leaves the previous rows, and readers see the old batch or the new one,
+  never a mix.
+- **The engine's fast path.** psycopg 3: ``COPY ... FROM STDIN``. psycopg2: ``execute_values``.
+  Every other driver: ``executemany`` in bounded chunks inside the one transaction (SQLite's
+  ``executemany``; mysqlclient turns it into multi-row ``INSERT``). ``DbApiHook.insert_rows`` is not
+  used: it commits per chunk and logs every parameter value when a chunk fails.
+- **No personal data in errors or logs.** A failed write raises
+  :class:`~airflow_provider_cartesia.exceptions.CartesiaWarehouseError` naming the batch, the table,
+  the driver's exception class and its SQLSTATE or error number, constraint and column where the
+  driver reports them, never its message (which may quote a row) and not chained to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cached_property
+from itertools import islice
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+from airflow_provider_cartesia.exceptions import (
+    CartesiaError,
+    CartesiaWarehouseError,
+    CartesiaWarehouseSchemaError,
+)
+from airflow_provider_cartesia.rows import PRIMARY_KEY, Column, ColumnKind
+
+if TYPE_CHECKING:
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
+DEFAULT_CHUNK_SIZE = 5000
+"""Rows per ``executemany`` call on drivers without COPY (all inside the batch's one transaction)."""
+
+
+# -- names ------------------------------------------------------------------------------------
+
+
+class TableName(NamedTuple):
+    """A validated table name: optional schema and the table itself, both plain identifiers."""
+
+    schema: str | None
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.schema}.{self.name}" if self.schema else self.name
+
+
+def parse_table_name(table: str) -> TableName:
+    """Split and validate ``table`` or ``schema.table``; anything but plain identifiers is refused."""
+    if not isinstance(table, str):
+        raise CartesiaWarehouseSchemaError(f"table must be a string, got {type(table).__name__}")
+    parts = table.split(".")
+    if len(parts) > 2 or not all(_IDENTIFIER.fullmatch(p) for p in parts):
+        shown = table if len(table) <= 80 else table[:77] + "..."
+        raise CartesiaWarehouseSchemaError(
+            f"table {shown!r} is not a valid name: use 'table' or 'schema.table', each part letters, digits "
+            "and '_', not starting with a digit, at most 63 characters",
+            table=shown,
+        )
+    return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
+
+
+# -- engines ----------------------------------------------------------------------------------
+
+
+def _identity(value: datetime) -> Any:
+    return value
+
+
+def _iso_text(value: datetime) -> Any:
+    return value.isoformat(timespec="microseconds")
+
+
+def _naive_utc(value: datetime) -> Any:
+    return value.replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class EngineProfile:
+    """What the export needs to know about one SQL engine beyond what common-sql's dialect gives."""
+
+    name: str
+    types: Mapping[ColumnKind, str]
+    """DDL type of each logical column kind (see :class:`~airflow_provider_cartesia.rows.Column`)."""
+    adapt_time: Callable[[datetime], Any]
+    """An aware UTC datetime as the driver should receive it for a timestamp column."""
+    create_if_not_exists: bool = True
+    table_options: str = ""
+    """Appended to CREATE TABLE (MySQL: the table's character set)."""
+
+
+ENGINES: dict[str, EngineProfile] = {
+    "postgresql": EngineProfile(
+        name="postgresql",
+        types={
+            "key": "TEXT",
+            "text": "TEXT",
+            "long_text": "TEXT",
+            "timestamp": "TIMESTAMPTZ",
+            "float": "DOUBLE PRECISION",
+            "integer": "INTEGER",
+            "json": "JSONB",
+        },
+        adapt_time=_identity,
+    ),
+    "mysql": EngineProfile(
+        name="mysql",
+        types={
+            "key": "VARCHAR(255) COLLATE utf8mb4_bin",
+            "text": "VARCHAR(255)",
+            "long_text": "MEDIUMTEXT",
+            "timestamp": "DATETIME(6)",
+            "float": "DOUBLE",
+            "integer": "INTEGER",
+            "json": "JSON",
+        },
+        adapt_time=_naive_utc,
+        table_options=" DEFAULT CHARSET=utf8mb4",
+    ),
+    "sqlite": EngineProfile(
+        name="sqlite",
+        types={
+            "key": "TEXT",
+            "text": "TEXT",
+            "long_text": "TEXT",
+            "timestamp": "TEXT",
+            "float": "REAL",
+            "integer": "INTEGER",
+            "json": "TEXT",
+        },
+        adapt_time=_iso_text,
+    ),
+    "generic": EngineProfile(
+        name="generic",
+        types={
+            "key": "VARCHAR(255)",
+            "text": "VARCHAR(1024)",
+            "long_text": "VARCHAR(65535)",
+            "timestamp": "TIMESTAMP WITH TIME ZONE",
+            "float": "DOUBLE PRECISION",
+            "integer": "INTEGER",
+            "json": "VARCHAR(65535)",
+        },
+        adapt_time=_identity,
+        create_if_not_exists=False,
+    ),
+}
+_ENGINE_ALIASES = {"postgres": "postgresql", "redshift": "generic", "mariadb": "mysql"}
+
+
+def engine_profile(dialect_name: str | None) -> EngineProfile:
+    """The profile for a common-sql dialect name (``postgresql``, ``mysql``, ``sqlite``, ...); generic otherwise."""
+    name = (dialect_name or "").lower()
+    return ENGINES.get(_ENGINE_ALIASES.get(name, name), ENGINES["generic"])
+
+
+# -- hooks ------------------------------------------------------------------------------------
+
+
+def get_warehouse_hook(conn_id: str) -> DbApiHook:
+    """The DB-API hook of Airflow connection ``conn_id`` (any common-sql hook).
+
+    A ``sqlite`` connection works without ``apache-airflow-providers-sqlite``: a minimal SQLite hook
+    (the connection's host is the database file's absolute path) stands in when that provider is
+    not installed.
+    """
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk import BaseHook
+
+    conn = BaseHook.get_connection(conn_id)
+    if conn.conn_type == "sqlite" and not _sqlite_provider_installed():
+        return _embedded_sqlite_hook_class()(conn_id)
+    hook = conn.get_hook()
+    if not isinstance(hook, DbApiHook):
+        raise CartesiaWarehouseSchemaError(
+            f"Connection '{conn_id}' (type {conn.conn_type!r}) has no SQL (DB-API) hook; use a connection "
+            "of a SQL database such as postgres, mysql or sqlite"
+        )
+    return hook
+
+
+def _sqlite_provider_installed() -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec("airflow.providers.sqlite.hooks.sqlite") is not None
+    except ModuleNotFoundError:
+        return False
+
+
+_SQLITE_HOOK: type[DbApiHook] | None = None
+
+
+def _embedded_sqlite_hook_class() -> type[DbApiHook]:
+    """A minimal ``DbApiHook`` for SQLite, defined on first use (common-sql is not imported before)."""
+    global _SQLITE_HOOK
+    if _SQLITE_HOOK is None:
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+
+        class EmbeddedSqliteHook(DbApiHook):
+            """SQLite through the standard library; the connection's host is the database path."""
+
+            conn_name_attr = "sqlite_conn_id"
+            default_conn_name = "sqlite_default"
+            conn_type = "sqlite"
+            hook_name = "SQLite (embedded)"
+            _placeholder = "?"
+
+            def get_conn(self) -> Any:
+                import sqlite3
+
+                return sqlite3.connect(self.connection.host or ":memory:", timeout=30)
+
+            def get_uri(self) -> str:
+                return f"sqlite:///{self.connection.host or ''}"
+
+        _SQLITE_HOOK = EmbeddedSqliteHook
+    return _SQLITE_HOOK
+
+
+# -- SQL text ---------------------------------------------------------------------------------
+
+
+class WarehouseTable:
+    """The export table on one engine: quoted names and every statement the writer runs.
+
+    :param hook: the warehouse's DB-API hook; its dialect quotes identifiers and writes the INSERT.
+    :param table: ``table`` or ``schema.table``.
+    :param columns: the export's columns, in row order.
+    """
+
+    def __init__(self, hook: DbApiHook, table: str, columns: Sequence[Column]) -> None:
+        self.hook = hook
+        self.name = parse_table_name(table)
+        self.columns = tuple(columns)
+        names = [c.name for c in self.columns]
+        if len(set(names)) != len(names) or not all(_IDENTIFIER.fullmatch(n) for n in names):
+            raise CartesiaWarehouseSchemaError(f"column names must be unique identifiers: {names}")
+        if not set(PRIMARY_KEY) <= set(names):
+            raise CartesiaWarehouseSchemaError(f"the columns must include the primary key {PRIMARY_KEY}")
+
+    @cached_property
+    def engine(self) -> EngineProfile:
+        try:
+            dialect_name = self.hook.dialect_name
+        except Exception:  # a hook that cannot tell (no SQLAlchemy URL) gets standard SQL
+            dialect_name = None
+        return engine_profile(dialect_name)
+
+    @cached_property
+    def _dialect(self) -> Any:
+        try:
+            return self.hook.dialect
+        except Exception:  # common-sql < 1.20 has no dialects; quote with SQL's double quotes
+            return None
+
+    def quote(self, identifier: str) -> str:
+        """``identifier`` (already validated) as the hook's dialect writes it.
+
+        The dialect quotes the words it knows to be reserved. Some dialects know none (common-sql has
+        no SQLite word list), so a word reserved in standard SQL is quoted in the dialect's style too.
+        """
+        if self._dialect is None:
+            return f'"{identifier}"'
+        quoted = str(self._dialect.escape_word(identifier))
+        if quoted == identifier and identifier.lower() in _standard_reserved_words():
+            quoted = str(self._dialect.escape_word_format).format(identifier)
+        return quoted
+
+    @cached_property
+    def qualified(self) -> str:
+        """The quoted, possibly schema-qualified table name."""
+        parts = [self.name.schema, self.name.name] if self.name.schema else [self.name.name]
+        return ".".join(self.quote(p) for p in parts)
+
+    @property
+    def placeholder(self) -> str:
+        return str(self.hook.placeholder)
+
+    def column_type(self, column: Column) -> str:
+        return self.engine.types[column.kind]
+
+    def create_sql(self) -> str:
+        lines = [
+            f"{self.quote(c.name)} {self.column_type(c)}{' NOT NULL' if c.name in PRIMARY_KEY else ''}"
+            for c in self.columns
+        ]
+        lines.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in PRIMARY_KEY)})")
+        exists = "IF NOT EXISTS " if self.engine.create_if_not_exists else ""
+        body = ",\n  ".join(lines)
+        return f"CREATE TABLE {exists}{self.qualified} (\n  {body}\n){self.engine.table_options}"
+
+    def add_column_sql(self, column: Column) -> str:
+        return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.column_type(column)}"
+
+    def probe_sql(self) -> str:
+        """A query that reads no row but describes every column (and fails if the table is missing)."""
+        return f"SELECT * FROM {self.qualified} WHERE 1 = 0"  # noqa: S608 - validated, quoted identifiers
+
+    def delete_sql(self) -> str:
+        key = self.quote(PRIMARY_KEY[0])
+        return f"DELETE FROM {self.qualified} WHERE {key} = {self.placeholder}"  # noqa: S608
+
+    def insert_sql(self) -> str:
+        """INSERT with one placeholder per column, written by the hook's dialect when it has one."""
+        names = [c.name for c in self.columns]
+        if self._dialect is not None:
+            return str(self._dialect.generate_insert_sql(self.qualified, names, names))
+        marks = ", ".join([self.placeholder] * len(names))
+        return f"INSERT INTO {self.qualified} ({', '.join(self.quote(n) for n in names)}) VALUES ({marks})"  # noqa: S608
+
+    def copy_sql(self) -> str:
+        """PostgreSQL ``COPY ... FROM STDIN`` for every column."""
+        return f"COPY {self.qualified} ({', '.join(self.quote(c.name) for c in self.columns)}) FROM STDIN"
+
+    def values_sql(self) -> str:
+        """psycopg2 ``execute_values`` INSERT (one ``%s`` for all the rows)."""
+        return f"INSERT INTO {self.qualified} ({', '.join(self.quote(c.name) for c in self.columns)}) VALUES %s"  # noqa: S608
+
+
+@functools.lru_cache(maxsize=1)
+def _standard_reserved_words() -> frozenset[str]:
+    from sqlalchemy.sql.compiler import RESERVED_WORDS
+
+    return frozenset(RESERVED_WORDS)
+
+
+# -- errors -----------------------------------------------------------------------------------
+
+
+def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
+    """``(kind, code, details)`` of a driver error, built only from fields that never hold row values.
+
+    ``kind`` is the exception class; ``code`` the SQLSTATE (psycopg), the error number (mysqlclient)
+    or the SQLite error name; ``details`` names the constraint, column or table when the driver reports
+    them separately (psycopg's diagnostics).
+    """
+    kind = type(exc).__name__
+    code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or getattr(exc, "sqlite_errorname", None)
+    if code is None and exc.args and isinstance(exc.args[0], int):
+        code = str(exc.args[0])
+    details = []
+    diag = getattr(exc, "diag", None)
+    for label, attr in (("constraint", "constraint_name"), ("column", "column_name"), ("table", "table_name")):
+        value = getattr(diag, attr, None) if diag is not None else None
+        if value and _IDENTIFIER.fullmatch(value):
+            details.append(f"{label} {value}")
+    return kind, (str(code) if code is not None else None), ", ".join(details)
+
+
+def _write_error(table: TableName, batch_id: str, exc: BaseException, rolled_back: bool) -> CartesiaWarehouseError:
+    kind, code, details = describe_db_error(exc)
+    what = kind + (f" {code}" if code else "") + (f" ({details})" if details else "")
+    kept = (
+        "the transaction was rolled back and the batch's previous rows are intact"
+        if rolled_back
+        else "the transaction was not committed, so the batch's previous rows are intact"
+    )
+    return CartesiaWarehouseError(
+        f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
+        "not shown because it may quote row values (phone numbers, metadata).",
+        table=str(table),
+        batch_id=batch_id,
+        kind=kind,
+        code=code,
+    )
+
+
+def _schema_error(table: TableName, action: str, exc: BaseException) -> CartesiaWarehouseSchemaError:
+    """An error of DDL or of reading the table's shape: no row values are involved, so the message is kept."""
+    kind, code, _ = describe_db_error(exc)
+    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    return CartesiaWarehouseSchemaError(
+        f"Could not {action} table {table}: {kind}{f' {code}' if code else ''}: {message}",
+        table=str(table),
+        kind=kind,
+        code=code,
+    )
+
+
+# -- the writer -------------------------------------------------------------------------------
+
+
+class WarehouseWriter:
+    """Writes export rows, batch by batch, over one DB-API connection (a context manager).
+
+    ::
+
+        with WarehouseWriter(hook, "analytics.cartesia_recipients", columns) as writer:
+            writer.ensure_table(create=True)
+            writer.replace_batch("acb_1", rows)  # one transaction
+
+    :param hook: the warehouse's DB-API hook (see :func:`get_warehouse_hook`).
+    :param table: ``table`` or ``schema.table``; validated, then quoted by the hook's dialect.
+    :param columns: the export's columns, in the order of the row tuples.
+    :param chunk_size: rows per ``executemany`` call where there is no COPY.
+    """
+
+    def __init__(
+        self,
+        hook: DbApiHook,
+        table: str,
+        columns: Sequence[Column],
+        *,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be at least 1")
+        self.table = WarehouseTable(hook, table, columns)
+        self.hook = hook
+        self.chunk_size = chunk_size
+        self._conn: Any = None
+
+    @property
+    def engine(self) -> EngineProfile:
+        return self.table.engine
+
+    @property
+    def adapt_time(self) -> Callable[[datetime], Any]:
+        """How this engine takes a timestamp (pass it to :func:`~airflow_provider_cartesia.rows.batch_rows`)."""
+        return self.engine.adapt_time
+
+    # -- connection
+
+    def __enter__(self) -> WarehouseWriter:
+        self.connection  # noqa: B018 - connect now, so that a bad connection fails before any work
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> Any:
+        """The one DB-API connection of this writer, autocommit off."""
+        if self._conn is None:
+            conn = self.hook.get_conn()
+            if getattr(self.hook, "supports_autocommit", False):
+                self.hook.set_autocommit(conn, False)
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception as exc:  # a connection killed mid-write may not close cleanly
+                self.hook.log.debug("Closing the warehouse connection failed: %s", type(exc).__name__)
+
+    def _rollback(self) -> bool:
+        try:
+            self.connection.rollback()
+            return True
+        except Exception as exc:
+            self.hook.log.warning("Rollback failed (%s); the server discards the open transaction", type(exc).__name__)
+            return False
+
+    # -- the table's shape
+
+    def existing_columns(self) -> list[str]:
+        """The table's column names, read from a query's cursor description; raises if it cannot be read."""
+        conn = self.connection
+        cur = conn.cursor()
+        try:
+            cur.execute(self.table.probe_sql())
+            names = [str(d[0]) for d in cur.description or ()]
+            cur.fetchall()
+            return names
+        finally:
+            _close_quietly(cur)
+            self._rollback()
+
+    def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
+        """Make sure the table exists with every export column; returns the columns it added.
+
+        :param create: create the table (with its primary key) when it does not exist.
+        :param add_missing_columns: add missing export columns to an existing table instead of failing.
+        :raises CartesiaWarehouseSchemaError: the table is missing (and ``create`` is off), cannot be
+            created, or lacks columns (and ``add_missing_columns`` is off).
+        """
+        name = self.table.name
+        try:
+            existing = self.existing_columns()
+        except Exception as exc:
+            if not create:
+                raise _schema_error(name, "read (does it exist? set create_table=True to create it)", exc) from None
+            self._run_ddl(self.table.create_sql(), "create")
+            try:
+                existing = self.existing_columns()
+            except Exception as exc2:
+                raise _schema_error(name, "read the newly created", exc2) from None
+        have = {c.casefold() for c in existing}
+        missing = [c for c in self.table.columns if c.name.casefold() not in have]
+        if missing and not add_missing_columns:
+            listed = ", ".join(f"{c.name} ({self.table.column_type(c)})" for c in missing)
+            raise CartesiaWarehouseSchemaError(
+                f"Table {name} lacks the columns {listed}. Add them, or set add_missing_columns=True to have "
+                "them added.",
+                table=str(name),
+            )
+        for column in missing:
+            self._run_ddl(self.table.add_column_sql(column), f"add column {column.name} to")
+        if missing:
+            self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
+        return [c.name for c in missing]
+
+    def _run_ddl(self, sql: str, action: str) -> None:
+        conn = self.connection
+        cur = conn.cursor()
+        try:
+            cur.execute(sql)
+            conn.commit()
+        except Exception as exc:
+            self._rollback()
+            raise _schema_error(self.table.name, action, exc) from None
+        finally:
+            _close_quietly(cur)
+
+    # -- writing
+
+    def replace_batch(self, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
+        """Replace every row of ``batch_id`` by ``rows`` in one transaction; returns the rows written.
+
+        Delete and insert share one transaction, committed once: on any error it is rolled back and
+        :class:`~airflow_provider_cartesia.exceptions.CartesiaWarehouseError` is raised (values never
+        quoted), leaving the batch's previous rows as they were.
+        """
+        conn = self.connection
+        cur = conn.cursor()
+        try:
+            cur.execute(self.table.delete_sql(), (batch_id,))
+            written = self._insert(conn, cur, rows)
+            conn.commit()
+        except CartesiaError:
+            self._rollback()
+            raise
+        except Exception as exc:
+            rolled_back = self._rollback()
+            raise _write_error(self.table.name, batch_id, exc, rolled_back) from None
+        finally:
+            _close_quietly(cur)
+        return written
+
+    @property
+    def insert_method(self) -> str:
+        """The bulk path this connection takes: ``copy`` (psycopg 3), ``execute_values`` (psycopg2) or
+        ``executemany``."""
+        module = type(self.connection).__module__.split(".")[0]
+        if module == "psycopg":
+            return "copy"
+        if module == "psycopg2":
+            return "execute_values"
+        return "executemany"
+
+    def _insert(self, conn: Any, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
+        method = self.insert_method
+        if method == "copy":
+            return self._copy_psycopg3(cur, rows)
+        if method == "execute_values":
+            return self._execute_values_psycopg2(cur, rows)
+        sql = self.table.insert_sql()
+        written = 0
+        for chunk in _chunks(rows, self.chunk_size):
+            cur.executemany(sql, chunk)
+            written += len(chunk)
+        return written
+
+    def _copy_psycopg3(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
+        written = 0
+        with cur.copy(self.table.copy_sql()) as copy:
+            write_row = copy.write_row
+            for row in rows:
+                write_row(row)
+                written += 1
+        return written
+
+    def _execute_values_psycopg2(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
+        from psycopg2.extras import execute_values
+
+        written = 0
+        sql = self.table.values_sql()
+        for chunk in _chunks(rows, self.chunk_size):
+            execute_values(cur, sql, chunk, page_size=1000)
+            written += len(chunk)
+        return written
+
+
+def _chunks(rows: Iterable[Sequence[Any]], size: int) -> Iterator[list[Sequence[Any]]]:
+    iterator = iter(rows)
+    while chunk := list(islice(iterator, size)):
+        yield chunk
+
+
+def _close_quietly(cur: Any) -> None:
+    # The cursor of a dead connection may fail to close; the real error is raised elsewhere.
+    with contextlib.suppress(Exception):
+        cur.close()

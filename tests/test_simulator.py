@@ -672,11 +672,21 @@ def test_outbound_call_validation(client: Client):
 
 
 def test_calls_of_unknown_or_undispatched_ids_are_404(sim: CartesiaSimulator, client: Client):
-    batch_id = sim.seed_batch(recipients=3, dispatch_interval=10, outcomes={"completed": 1.0})
+    def seeded(on: CartesiaSimulator) -> str:
+        return on.seed_batch(recipients=3, dispatch_interval=10, outcomes={"completed": 1.0})
+
+    batch_id = seeded(sim)
+    # Ids are deterministic per seed: a twin simulator run ahead tells the id recipient 2 will get.
+    twin = CartesiaSimulator(seed=sim.seed, clock=SimClock(sim.clock.start))
+    assert seeded(twin) == batch_id
+    twin.clock.advance(30)
+    future_call = twin.batch(batch_id)["recipients"][2]["agent_call_id"]
     sim.clock.advance(10)
-    internal = [a.call_id for r in sim._api.state.batches[batch_id].recipients for a in r.attempts]
-    assert client.get(f"/agents/calls/{internal[0]}").status_code == 200
-    assert_error(client.get(f"/agents/calls/{internal[2]}"), 404)  # not dialed yet: no record
+    first_call = sim.batch(batch_id)["recipients"][0]["agent_call_id"]
+    assert client.get(f"/agents/calls/{first_call}").status_code == 200
+    assert_error(client.get(f"/agents/calls/{future_call}"), 404)  # not dialed yet: no record
+    sim.clock.advance(20)
+    assert client.get(f"/agents/calls/{future_call}").status_code == 200
     for suffix in ("", "/cancel", "/audio"):
         method = "POST" if suffix == "/cancel" else "GET"
         assert_error(client.request(method, f"/agents/calls/ac_nope{suffix}"), 404)

@@ -47,6 +47,7 @@ from airflow_provider_cartesia.testing.state import (
     CallProfile,
     Recipient,
     SimState,
+    snapshot,
     truncate_ms,
 )
 from airflow_provider_cartesia.testing.validation import (
@@ -340,7 +341,7 @@ class CartesiaApi:
 
     def retry_batch(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
         batch = self._batch(params["id"])
-        if batch_json(batch, now, with_recipients=False)["status"] == "cancelled":
+        if snapshot(batch, now).status == "cancelled":
             raise ApiError(400, "The batch is cancelled and cannot be retried.")
         self.state.retry_batch(batch, now)
         return json_response(200, batch_json(batch, now, with_recipients=False))

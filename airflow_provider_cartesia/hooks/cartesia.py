@@ -135,18 +135,10 @@ class CartesiaHook(BaseHook):
         idempotent: bool = True,
     ) -> bytes:
         """Send one API request, retrying as :func:`~airflow_provider_cartesia.retry.should_retry` allows."""
-        from tenacity import Retrying, retry_if_exception, stop_after_attempt
+        from tenacity import Retrying
 
         settings = self.settings
-        retrying = Retrying(
-            stop=stop_after_attempt(settings.max_retries + 1),
-            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
-            wait=_retry_wait,
-            sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        for attempt in retrying:
+        for attempt in Retrying(sleep=self._sleep, **self._retry_policy(settings, idempotent)):
             with attempt:
                 return self._send_once(settings, method, path, params, body, idempotent)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
@@ -199,12 +191,35 @@ class CartesiaHook(BaseHook):
             raise _transport_error(
                 settings, method, path, exc, "request failed", sent=True, idempotent=idempotent
             ) from exc
-        self.log.debug(
-            "%s %s -> %s in %.0f ms", method, path, response.status_code, 1000 * (time.monotonic() - started)
-        )
-        if response.status_code >= 300:
-            raise error_from_response(settings, method, path, response.status_code, response.headers, response.content)
-        return response.content
+        return self._answer(settings, method, path, response.status_code, response.headers, response.content, started)
+
+    def _retry_policy(self, settings: ApiSettings, idempotent: bool) -> dict[str, Any]:
+        """Tenacity arguments shared by both funnels: the one retry policy, bounded by the connection."""
+        from tenacity import retry_if_exception, stop_after_attempt
+
+        return {
+            "stop": stop_after_attempt(settings.max_retries + 1),
+            "retry": retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
+            "wait": _retry_wait,
+            "before_sleep": self._log_retry,
+            "reraise": True,
+        }
+
+    def _answer(
+        self,
+        settings: ApiSettings,
+        method: str,
+        path: str,
+        status_code: int,
+        headers: Mapping[str, str],
+        content: bytes,
+        started: float,
+    ) -> bytes:
+        """The body of a successful response; an error response becomes its exception."""
+        self.log.debug("%s %s -> %s in %.0f ms", method, path, status_code, 1000 * (time.monotonic() - started))
+        if status_code >= 300:
+            raise error_from_response(settings, method, path, status_code, headers, content)
+        return content
 
     def _log_retry(self, state: Any) -> None:
         error = state.outcome.exception() if state.outcome else None
@@ -241,18 +256,10 @@ class CartesiaHook(BaseHook):
         idempotent: bool = True,
     ) -> bytes:
         """Async twin of :meth:`_send` on httpx, with the same retry decisions."""
-        from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt
+        from tenacity import AsyncRetrying
 
         settings = await self.asettings()
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(settings.max_retries + 1),
-            retry=retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
-            wait=_retry_wait,
-            sleep=self._asleep,
-            before_sleep=self._log_retry,
-            reraise=True,
-        )
-        async for attempt in retrying:
+        async for attempt in AsyncRetrying(sleep=self._asleep, **self._retry_policy(settings, idempotent)):
             with attempt:
                 return await self._asend_once(settings, method, path, params, idempotent)
         raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
@@ -287,12 +294,7 @@ class CartesiaHook(BaseHook):
         except httpx.HTTPError as exc:
             what = "the connection dropped before a response arrived"
             raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        self.log.debug(
-            "%s %s -> %s in %.0f ms", method, path, response.status_code, 1000 * (time.monotonic() - started)
-        )
-        if response.status_code >= 300:
-            raise error_from_response(settings, method, path, response.status_code, response.headers, response.content)
-        return response.content
+        return self._answer(settings, method, path, response.status_code, response.headers, response.content, started)
 
     # -- call batches --------------------------------------------------------------------------
 

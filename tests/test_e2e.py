@@ -1,0 +1,233 @@
+"""End to end on Airflow as deployed: api-server, scheduler, dag-processor and triggerer, each its own
+process, with the LocalExecutor and a PostgreSQL metadata database of the test's own.
+
+The Cartesia simulator runs as a subprocess (its CLI) on a manual clock that moves 20 simulated
+seconds per request, so the batch settles after a fixed number of polls however slowly the services
+start; the warehouse is a SQLite file. The test triggers ``cartesia_wait_and_export`` through the
+REST API and checks that
+
+- the sensor deferred (its state was ``deferred``, and a trigger log exists for its attempt);
+- the trigger ran in the triggerer process (the trigger log file is named after a ``TriggererJob``
+  and holds the trigger's progress lines and its event);
+- the run succeeded and the warehouse holds one row per recipient of the batch;
+- every process of the run is gone afterwards, also when the test fails (checked in teardown too).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.e2e_services import (
+    AirflowApi,
+    Processes,
+    airflow_environment,
+    database_uri,
+    free_port,
+    postgres_database,
+    tail,
+    wait_for,
+    write_passwords_file,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DAG_ID = "cartesia_wait_and_export"
+SENSOR_TASK = "wait_for_batch"
+EXPORT_TASK = "export_outcomes"
+RECIPIENTS = 12
+TICK_SECONDS = 20  # simulated seconds per request: the batch settles after about six polls
+TERMINAL_RUN_STATES = {"success", "failed"}
+AIRFLOW = str(Path(sys.executable).with_name("airflow"))
+
+
+@dataclass
+class Deployment:
+    api: AirflowApi
+    processes: Processes
+    airflow_home: Path
+    metadata_uri: str
+    warehouse: Path
+    batch_id: str
+
+
+def _start_simulator(processes: Processes, env: dict[str, str], port: int, api_key: str) -> str:
+    """The simulator CLI with one seeded batch; returns the batch id (read from its output)."""
+    service = processes.start(
+        "simulator",
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_cartesia.testing",
+            "--port",
+            str(port),
+            "--seed-batch",
+            str(RECIPIENTS),
+            "--tick",
+            str(TICK_SECONDS),
+        ],
+        {**env, "CARTESIA_SIMULATOR_API_KEY": api_key},
+        cwd=REPO_ROOT,
+        grace=5,
+    )
+
+    def seeded() -> str | None:
+        if not service.running():
+            raise RuntimeError(service.describe())
+        match = re.search(r"Seeded batch: (acb_\w+)", service.log_path.read_text())
+        return match.group(1) if match else None
+
+    return wait_for("the simulator to start", seeded, timeout=20)
+
+
+@pytest.fixture
+def deployment(postgres_uri: str, tmp_path: Path) -> Iterator[Deployment]:
+    airflow_home = tmp_path / "airflow-home"
+    airflow_home.mkdir()
+    processes = Processes(log_dir=tmp_path / "service-logs")
+    api_port, sim_port = free_port(), free_port()
+    username = "e2e_admin"
+    password = write_passwords_file(tmp_path / "passwords.json", username)
+    sim_key = f"sk_car_e2e_{time.time_ns()}"
+    warehouse = tmp_path / "warehouse.db"
+    with postgres_database(postgres_uri) as database:
+        metadata_uri = database_uri(postgres_uri, database)
+        env = airflow_environment(
+            airflow_home=airflow_home,
+            dags_folder=REPO_ROOT / "example_dags",
+            sql_alchemy_conn=metadata_uri,
+            api_port=api_port,
+            passwords_file=tmp_path / "passwords.json",
+            username=username,
+            connections={
+                "cartesia_default": json.dumps(
+                    {"conn_type": "cartesia", "host": f"http://127.0.0.1:{sim_port}", "password": sim_key}
+                ),
+                "cartesia_warehouse": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
+            },
+            extra={"CARTESIA_POKE_INTERVAL": "1"},
+        )
+        try:
+            migrate = subprocess.run(
+                [AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+            )
+            assert migrate.returncode == 0, (
+                f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
+            )
+            batch_id = _start_simulator(processes, env, sim_port, sim_key)
+            processes.start("api-server", [AIRFLOW, "api-server", "--host", "127.0.0.1", "--port", str(api_port)], env)
+            processes.start("scheduler", [AIRFLOW, "scheduler", "--skip-serve-logs"], env)
+            processes.start("dag-processor", [AIRFLOW, "dag-processor"], env)
+            processes.start("triggerer", [AIRFLOW, "triggerer", "--skip-serve-logs"], env, grace=30)
+            yield Deployment(
+                api=AirflowApi(f"http://127.0.0.1:{api_port}", username, password),
+                processes=processes,
+                airflow_home=airflow_home,
+                metadata_uri=metadata_uri,
+                warehouse=warehouse,
+                batch_id=batch_id,
+            )
+        finally:
+            processes.stop_all()
+            left = processes.survivors()
+            assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
+
+
+def _wait_until_ready(deployment: Deployment) -> None:
+    api, processes = deployment.api, deployment.processes
+    needed = {"metadatabase", "scheduler", "triggerer", "dag_processor"}
+
+    def healthy() -> bool:
+        processes.check_alive()
+        return needed <= api.healthy_components()
+
+    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=90, interval=0.5)
+    api.login()
+
+    def parsed() -> bool:
+        processes.check_alive()
+        errors = api.import_errors()
+        if errors:
+            raise AssertionError(f"import errors in example_dags: {errors}")
+        return api.dag(DAG_ID) is not None
+
+    wait_for(f"the dag-processor to parse {DAG_ID}", parsed, timeout=60, interval=0.5)
+
+
+def _triggerer_job_ids(metadata_uri: str) -> set[int]:
+    import psycopg
+
+    with psycopg.connect(metadata_uri.replace("postgresql+psycopg://", "postgresql://")) as conn:
+        rows = conn.execute("SELECT id FROM job WHERE job_type = 'TriggererJob'").fetchall()
+    return {int(row[0]) for row in rows}
+
+
+def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) -> None:
+    started = time.monotonic()
+    api = deployment.api
+    try:
+        _wait_until_ready(deployment)
+        api.unpause(DAG_ID)
+        run_id = api.trigger(DAG_ID, {"batch_id": deployment.batch_id})
+
+        sensor_states: list[str] = []
+
+        def finished() -> dict[str, object] | None:
+            deployment.processes.check_alive()
+            state = api.task_instances(DAG_ID, run_id).get(SENSOR_TASK, {}).get("state")
+            if state and (not sensor_states or sensor_states[-1] != state):
+                sensor_states.append(state)
+            run = api.dag_run(DAG_ID, run_id)
+            return run if run["state"] in TERMINAL_RUN_STATES else None
+
+        run = wait_for(f"run {run_id} to finish", finished, timeout=120, interval=0.3)
+        tis = api.task_instances(DAG_ID, run_id)
+    except BaseException:
+        print(deployment.processes.describe(), file=sys.stderr)
+        for log in sorted(deployment.airflow_home.glob("logs/dag_id=*/**/*.log*")):
+            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        raise
+
+    task_states = {task_id: ti["state"] for task_id, ti in tis.items()}
+    assert run["state"] == "success", f"run {run_id} ended {run['state']}; tasks: {task_states}"
+    assert task_states == {SENSOR_TASK: "success", EXPORT_TASK: "success"}
+
+    # The sensor deferred: seen in state `deferred`, and its attempt has a trigger log.
+    assert "deferred" in sensor_states, f"the sensor never deferred; states seen: {sensor_states}"
+    attempt_dir = deployment.airflow_home / "logs" / f"dag_id={DAG_ID}" / f"run_id={run_id}" / f"task_id={SENSOR_TASK}"
+    trigger_logs = sorted(attempt_dir.glob("attempt=1.log.trigger.*.log"))
+    assert len(trigger_logs) == 1, f"expected one trigger log in {attempt_dir}: {sorted(attempt_dir.iterdir())}"
+
+    # ... written by the triggerer: the file is named after a TriggererJob, and holds the trigger's polls.
+    job_id = int(trigger_logs[0].name.rsplit(".", 2)[-2])
+    assert job_id in _triggerer_job_ids(deployment.metadata_uri), f"{trigger_logs[0].name}: not a TriggererJob id"
+    trigger_log = trigger_logs[0].read_text()
+    assert f"{deployment.batch_id} completed: {RECIPIENTS} of {RECIPIENTS} calls finished" in trigger_log, trigger_log
+    assert "Trigger fired event" in trigger_log, trigger_log
+    assert "'status': 'success'" in trigger_log, trigger_log
+
+    # The export wrote one row per recipient, each with a final outcome.
+    with sqlite3.connect(deployment.warehouse) as conn:
+        rows = conn.execute(
+            "SELECT status, count(*) FROM cartesia_call_batch_recipients WHERE batch_id = ? GROUP BY status",
+            (deployment.batch_id,),
+        ).fetchall()
+    by_status = dict(rows)
+    assert sum(by_status.values()) == RECIPIENTS, by_status
+    assert set(by_status) <= {"completed", "failed"}, by_status
+
+    # Every process stops, and none is left behind (the fixture checks again after a failure).
+    deployment.processes.stop_all()
+    left = deployment.processes.survivors()
+    assert not left, f"processes left behind: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}"
+    print(f"e2e: run succeeded and services stopped {time.monotonic() - started:.1f} s after start-up finished")

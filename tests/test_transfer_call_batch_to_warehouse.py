@@ -1,0 +1,484 @@
+"""CallBatchToWarehouseOperator end to end: the Cartesia simulator into real SQLite, PostgreSQL and MariaDB."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+from warehouse_engines import CONN_ID, ENGINES, Engine, json_value, make_engine, utc_value
+
+from airflow_provider_cartesia.exceptions import CartesiaWarehouseError, CartesiaWarehouseSchemaError
+from airflow_provider_cartesia.models import CallBatch
+from airflow_provider_cartesia.testing import CartesiaSimulator
+from airflow_provider_cartesia.transfers.call_batch_to_warehouse import (
+    CallBatchToWarehouseOperator,
+    batches_updated_between,
+    table_dataset,
+    warehouse_table_asset,
+)
+from airflow_provider_cartesia.warehouse import parse_table_name
+
+METADATA = {
+    "customer": 'Zoë O\'Brien "the 3rd"',
+    "notes": "line1\nline2\ttab \\ backslash",
+    "nested": {"tags": ["vip", "日本語", "📞"], "score": 4.5, "ok": True, "none": None},
+}
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    yield from make_engine(request.param, request, tmp_path)
+
+
+def operator(engine: Engine, **kwargs: Any) -> CallBatchToWarehouseOperator:
+    return CallBatchToWarehouseOperator(
+        task_id="export", warehouse_conn_id=CONN_ID, table=kwargs.pop("table", engine.table), **kwargs
+    )
+
+
+def recipients(count: int, outcome: str = "completed", metadata: Any = None) -> list[dict[str, Any]]:
+    return [
+        {"to_number": f"+1415888{i:04d}", "metadata": metadata or {"i": i, **METADATA}, "outcome": outcome}
+        for i in range(count)
+    ]
+
+
+def quick(sim: CartesiaSimulator, **kwargs: Any) -> str:
+    """A batch whose calls all finish within two minutes of its admission."""
+    kwargs.setdefault("recipients", recipients(3))
+    return sim.seed_batch(dispatch_interval=1.0, call_seconds=(20, 30), outcomes={"completed": 1}, **kwargs)
+
+
+# -- at parse time (no servers) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("table", ["x; DROP TABLE y", "a.b.c", "t--", '"t"', "1t", "t name", "s.t WHERE 1=1"])
+def test_hostile_table_names_fail_the_dag_at_parse_time(table: str) -> None:
+    with pytest.raises(CartesiaWarehouseSchemaError, match="not a valid name"):
+        CallBatchToWarehouseOperator(task_id="t", warehouse_conn_id="w", table=table, batch_id="acb_1")
+
+
+def test_a_templated_table_is_checked_when_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "w.db")}))
+    op = CallBatchToWarehouseOperator(task_id="t", warehouse_conn_id="warehouse", table="{{ params.t }}", batch_id="a")
+    op.table = "t; DROP TABLE x"  # what a hostile template would render to
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="not a valid name"):
+        op.execute({})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"batch_id": "a", "batch_ids": ["b"]}, "not both"),
+        ({"batch_id": "a", "updated_since": "2026-01-01T00:00:00+00:00"}, "only when no batch_id"),
+        ({"include_transcript": True}, "include_calls"),
+        ({"max_batch_age": timedelta(days=-1)}, "negative"),
+        ({"table": "{{ params.t }}", "table_asset": True}, "literal table"),
+    ],
+)
+def test_contradictory_arguments_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        CallBatchToWarehouseOperator(task_id="t", warehouse_conn_id="w", **kwargs)
+
+
+def test_table_asset_is_added_to_user_outlets() -> None:
+    from airflow.sdk import Asset
+
+    mine = Asset("s3://bucket/other")
+    op = CallBatchToWarehouseOperator(
+        task_id="t", warehouse_conn_id="dwh", table="analytics.calls", table_asset=True, outlets=[mine]
+    )
+    assert op.outlets == [mine, warehouse_table_asset("dwh", "analytics.calls")]
+    assert warehouse_table_asset("dwh", "analytics.calls").uri == "cartesia-warehouse://dwh/analytics.calls"
+    assert CallBatchToWarehouseOperator(task_id="u", warehouse_conn_id="dwh").outlets == []
+
+
+def test_importing_the_operator_stays_light() -> None:
+    code = (
+        "import sys, airflow.sdk; before = set(sys.modules); "
+        "import airflow_provider_cartesia.transfers.call_batch_to_warehouse; "
+        "heavy = ('airflow.providers.common.sql', 'psycopg', 'MySQLdb', 'sqlite3', 'requests', 'pydantic', "
+        "'airflow_provider_cartesia.hooks'); "
+        "print(sorted(n for n in set(sys.modules) - before if n.startswith(heavy)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def listed(*specs: tuple[str, int, int]) -> list[CallBatch]:
+    """Batches as the list endpoint gives them (newest created first): (id, created h, updated h)."""
+    t0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    return [
+        CallBatch(id=i, created_at=t0 + timedelta(hours=c), last_updated_at=t0 + timedelta(hours=u))
+        for i, c, u in specs
+    ]
+
+
+def test_window_selection_reads_past_newer_batches_and_stops_only_when_told() -> None:
+    t0 = datetime(2026, 6, 1, tzinfo=timezone.utc)
+    since, before = t0 + timedelta(hours=10), t0 + timedelta(hours=11)
+    batches = listed(
+        ("after", 12, 12),  # created after the window: skipped, reading goes on
+        ("edge_end", 11, 11),  # updated exactly at the end: excluded (half-open)
+        ("inside", 10, 10),  # updated exactly at the start: included
+        ("moved_on", 9, 12),  # updated in the window, then again later: the next window takes it
+        ("old_active", 2, 10),  # created long before, updated in the window: included
+        ("old", 1, 1),
+    )
+    consumed: list[str] = []
+
+    def source() -> Iterator[CallBatch]:
+        for b in batches:
+            consumed.append(b.id)
+            yield b
+
+    assert [b.id for b in batches_updated_between(source(), since, before)] == ["inside", "old_active"]
+    assert consumed == [b.id for b in batches], "without max_batch_age the whole list is read"
+    consumed.clear()
+    picked = [b.id for b in batches_updated_between(source(), since, before, max_batch_age=timedelta(hours=4))]
+    assert picked == ["inside"]
+    assert consumed == ["after", "edge_end", "inside", "moved_on", "old_active"], "stopped at the first too-old batch"
+
+
+def test_table_dataset_names_follow_openlineage() -> None:
+    assert table_dataset("postgres", "db.example", 5432, "dwh", parse_table_name("calls")) == (
+        "postgres://db.example:5432",
+        "dwh.public.calls",
+    )
+    assert table_dataset("postgres", "h", None, "dwh", parse_table_name("s.calls")) == (
+        "postgres://h:5432",
+        "dwh.s.calls",
+    )
+    assert table_dataset("mysql", "h", 3307, "dwh", parse_table_name("calls")) == ("mysql://h:3307", "dwh.calls")
+    assert table_dataset("sqlite", "/data/x.db", None, None, parse_table_name("calls")) == (
+        "sqlite:///data/x.db",
+        "calls",
+    )
+
+
+# -- end to end on each engine ----------------------------------------------------------------
+
+
+def test_export_then_re_export_after_the_batch_changed(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sim = cartesia_simulator
+    batch_id = quick(sim, recipients=recipients(6), name="Renewals — Zoë")
+    other = quick(sim, recipients=recipients(2))
+    caplog.set_level(logging.DEBUG)
+
+    first = operator(engine, batch_id=batch_id).execute({})
+    assert first == {
+        "table": engine.table,
+        "batch_ids": [batch_id],
+        "rows_written": 6,
+        "status_counts": {"queued": 6},
+        "end_reason_counts": {"none": 6},
+        "columns_added": [],
+    }
+    operator(engine, batch_ids=f"{other}").execute({})
+    assert engine.count(batch_id) == 6
+
+    sim.clock.advance(600)  # every call has ended
+    second = operator(engine, batch_id=batch_id).execute({})
+    assert second["status_counts"] == {"completed": 6}
+    assert sum(second["end_reason_counts"].values()) == 6 and "none" not in second["end_reason_counts"]
+
+    api = {r["id"]: r for r in sim.batch(batch_id)["recipients"]}
+    names = "recipient_id, batch_name, batch_status, to_number, status, end_reason, agent_call_id, created_at, metadata"
+    rows = engine.query(f"SELECT {names} FROM {engine.table} WHERE batch_id = ? ORDER BY recipient_id", (batch_id,))
+    assert len(rows) == 6, "re-export replaced the rows: none duplicated"
+    for rid, name, batch_status, number, status, end_reason, call_id, created, metadata in rows:
+        r = api[rid]
+        assert (name, batch_status) == ("Renewals — Zoë", "completed")
+        assert (number, status, end_reason, call_id) == (
+            r["to_number"],
+            "completed",
+            r["end_reason"],
+            r["agent_call_id"],
+        )
+        assert utc_value(created) == datetime.fromisoformat(r["created_at"])
+        assert json_value(metadata) == r["metadata"]
+    assert engine.count(other) == 2, "another batch's rows are untouched"
+    for leak in ("+1415888", "Zoë O", "日本語"):
+        assert leak not in caplog.text
+
+
+def test_a_failure_mid_write_keeps_the_previous_export(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    sim = cartesia_simulator
+    batch_id = quick(sim, recipients=recipients(40))
+    operator(engine, batch_id=batch_id).execute({})  # every recipient queued
+    victim = sim.batch(batch_id)["recipients"][20]["id"]
+    # A constraint the 21st row breaks once its call completed: the write fails in the middle.
+    engine.execute(
+        f"ALTER TABLE {engine.table} ADD CONSTRAINT no_victim "
+        f"CHECK (status <> 'completed' OR recipient_id <> '{victim}')"
+        if engine.name != "sqlite"
+        else f"CREATE TRIGGER no_victim BEFORE INSERT ON {engine.table} WHEN NEW.status = 'completed' AND "
+        f"NEW.recipient_id = '{victim}' BEGIN SELECT RAISE(ABORT, 'no victim'); END"
+    )
+    sim.clock.advance(3600)
+    with pytest.raises(CartesiaWarehouseError) as caught:
+        operator(engine, batch_id=batch_id).execute({})
+    assert caught.value.batch_id == batch_id
+    assert "+1415888" not in str(caught.value)
+    assert engine.count(batch_id) == 40
+    assert engine.query(f"SELECT DISTINCT status FROM {engine.table}") == [("queued",)]
+
+
+def test_scheduled_mode_picks_exactly_the_batches_updated_in_the_interval(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    sim = cartesia_simulator
+    w0 = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=4)
+    w1 = w0 + timedelta(hours=1)
+    far = w1 + timedelta(days=10)
+    expected = {
+        quick(
+            sim,
+            name="created before, dispatched in",
+            created_at=w0 - timedelta(hours=3),
+            scheduled_at=w0 + timedelta(minutes=10),
+        ),
+        quick(sim, name="inside", created_at=w0 + timedelta(minutes=5)),
+        quick(sim, name="other agent", agent_id="agent_other", created_at=w0 + timedelta(minutes=20)),
+        quick(sim, name="updated at the start", created_at=w0, scheduled_at=far),
+    }
+    excluded = {
+        quick(sim, name="done before", created_at=w0 - timedelta(hours=3)),
+        quick(sim, name="finishes after", created_at=w1 - timedelta(seconds=5)),
+        quick(sim, name="updated at the end", created_at=w1, scheduled_at=far),
+        quick(sim, name="created after", created_at=w1 + timedelta(minutes=5)),
+    }
+    sim.clock.advance_to(w1 + timedelta(minutes=30))
+    for batch_id in expected | excluded:  # the premise, from the simulator's own view
+        updated = datetime.fromisoformat(sim.batch(batch_id)["last_updated_at"])
+        assert (w0 <= updated < w1) == (batch_id in expected), sim.batch(batch_id)["name"]
+
+    summary = operator(engine).execute({"data_interval_start": w0, "data_interval_end": w1})
+    assert set(summary["batch_ids"]) == expected
+    assert summary["window"] == {"updated_since": w0.isoformat(), "updated_before": w1.isoformat()}
+    assert summary["rows_written"] == 3 * len(expected)
+    exported = {b for (b,) in engine.query(f"SELECT DISTINCT batch_id FROM {engine.table}")}
+    assert exported == expected
+
+    # One agent's batches, with the window given explicitly (templated text works the same).
+    only = operator(engine, agent_id="agent_other", updated_since=w0.isoformat(), updated_before=w1).execute({})
+    assert [sim.batch(b)["name"] for b in only["batch_ids"]] == ["other agent"]
+
+
+def test_include_calls_keeps_the_latest_attempt_per_recipient(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, hook: Any
+) -> None:
+    sim = cartesia_simulator
+    people = recipients(4)
+    people[1]["outcome"] = "busy"
+    people[3]["outcome"] = "pre_dial_failure"
+    batch_id = sim.seed_batch(
+        recipients=people, dispatch_interval=1.0, call_seconds=(20, 30), outcomes={"completed": 1}
+    )
+    sim.clock.advance(600)
+    hook.retry_call_batch(batch_id)  # re-queues the busy and the pre-dial failure; both complete now
+    sim.clock.advance(600)
+    summary = operator(engine, batch_id=batch_id, include_calls=True, include_transcript=True).execute({})
+    assert summary["columns_added"] == []
+    api = {r["id"]: r for r in sim.batch(batch_id)["recipients"]}
+    by_number = {r["to_number"]: rid for rid, r in api.items()}
+    cols = "recipient_id, call_status, call_start_time, call_end_time, call_duration_seconds, call_summary, "
+    rows = engine.query(f"SELECT {cols}call_attempts, call_transcript FROM {engine.table} ORDER BY recipient_id")
+    got = {r[0]: r for r in rows}
+    assert set(got) == set(api)
+    for rid, r in api.items():
+        call = sim.call(r["agent_call_id"])
+        _, status, start, end, duration, summary_text, attempts, transcript = got[rid]
+        assert status == call["status"] == "completed"
+        assert utc_value(start) == datetime.fromisoformat(call["start_time"])
+        assert utc_value(end) == datetime.fromisoformat(call["end_time"])
+        assert duration == pytest.approx((utc_value(end) - utc_value(start)).total_seconds())  # type: ignore[operator]
+        assert summary_text == call["summary"]
+        assert json_value(transcript) == call["transcript"]
+        retried = rid in (by_number[people[1]["to_number"]],)
+        assert attempts == (2 if retried else 1), rid
+    # The recipient that failed before dialing had no call record then: one call now.
+    assert got[by_number[people[3]["to_number"]]][6] == 1
+
+
+def test_add_missing_columns_widens_an_earlier_table(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    batch_id = quick(cartesia_simulator)
+    operator(engine, batch_id=batch_id).execute({})
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="call_status"):
+        operator(engine, batch_id=batch_id, include_calls=True).execute({})
+    summary = operator(engine, batch_id=batch_id, include_calls=True, add_missing_columns=True).execute({})
+    assert summary["columns_added"][:2] == ["call_status", "call_start_time"]
+    assert engine.count(batch_id) == 3
+
+
+# -- failures and lineage (SQLite only: the engine plays no part) ------------------------------
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_unknown_batch_fails_at_once_and_writes_nothing(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    with pytest.raises(AirflowFailException, match="404"):
+        operator(engine, batch_id="acb_missing").execute({})
+    assert engine.count() == 0
+    with pytest.raises(AirflowFailException, match="data interval"):
+        operator(engine).execute({})
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_a_zero_length_interval_continues_from_the_last_successful_run(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    sim = cartesia_simulator
+    t = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)
+    recent = quick(sim, created_at=t - timedelta(minutes=50))
+    quick(sim, created_at=t - timedelta(hours=2))
+    sim.clock.advance_to(t + timedelta(minutes=10))
+    # What CronTriggerTimetable (Airflow 3's default for cron strings) gives: a point, not an interval.
+    point = {"data_interval_start": t, "data_interval_end": t}
+    summary = operator(engine).execute({**point, "prev_data_interval_end_success": t - timedelta(hours=1)})
+    assert summary["batch_ids"] == [recent]
+    assert summary["window"]["updated_since"] == (t - timedelta(hours=1)).isoformat()
+    with pytest.raises(AirflowFailException, match="single instant"):
+        operator(engine).execute(point)
+    explicit = operator(engine, updated_since="{{ x }}")
+    explicit.updated_since = (t - timedelta(hours=3)).isoformat()  # as rendered
+    assert len(explicit.execute(point)["batch_ids"]) == 2
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_an_api_failure_after_some_batches_converges_on_retry(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    from airflow_provider_cartesia.exceptions import CartesiaServerError
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    first, second = quick(sim), quick(sim)
+    sim.inject("GET", f"/agents/calls/batches/{second}", Fault.server_error(503), times=50)
+    op = operator(engine, batch_ids=[first, second, first])
+    op.hook._sleep = lambda _: None
+    with pytest.raises(CartesiaServerError):
+        op.execute({})
+    assert engine.count(first) == 3 and engine.count(second) == 0
+    sim.reset()  # (the retry, after the API recovered) -- reset clears faults but also batches: seed again
+    first, second = quick(sim), quick(sim)
+    summary = operator(engine, batch_ids=[first, second, first]).execute({})
+    assert summary["batch_ids"] == [first, second] and summary["rows_written"] == 6
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_lineage_names_the_batches_and_the_table(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    batch_id = quick(cartesia_simulator)
+    op = operator(engine, batch_id=batch_id)
+    op.execute({})
+    inputs, output = op.lineage_datasets()
+    host = cartesia_simulator.url.split("://")[1]
+    assert inputs == [(f"cartesia://{host}", f"agents/calls/batches/{batch_id}")]
+    assert output[0].startswith("sqlite://") and output[1] == engine.table
+    try:
+        import airflow.providers.openlineage  # noqa: F401
+    except ImportError:
+        assert op.get_openlineage_facets_on_complete(None) is None
+    else:
+        facets = op.get_openlineage_facets_on_complete(None)
+        assert [d.name for d in facets.outputs] == [engine.table]
+
+
+# -- a real DAG run ---------------------------------------------------------------------------
+
+
+def run_dag_test(dag: Any, logical_date: datetime) -> Any:
+    """``dag.test()`` once the DAG is serialized in the metadata DB, as the DAG processor would write it.
+
+    Airflow 3.3's ``dag.test()`` runs only DAGs it finds serialized, and a DAG defined in a test
+    lives in no DAG bundle.
+    """
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+    with create_session() as session:
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
+        )
+    return dag.test(logical_date=logical_date)
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_dag_test_exports_from_xcom_and_on_schedule(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, airflow_db: None
+) -> None:
+    from airflow.sdk import DAG, task
+
+    sim = cartesia_simulator
+    w1 = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    w0 = w1 - timedelta(hours=1)
+    by_id = quick(sim, name="by id", created_at=w0 - timedelta(days=2))
+    in_window = quick(sim, name="in window", created_at=w0 + timedelta(minutes=1))
+    quick(sim, name="too late", created_at=w1 + timedelta(minutes=1))
+    sim.clock.advance_to(w1 + timedelta(minutes=10))
+
+    from airflow.timetables.interval import CronDataIntervalTimetable
+
+    hourly = CronDataIntervalTimetable("@hourly", timezone="UTC")
+    with DAG("cartesia_export_test", schedule=hourly, start_date=w0 - timedelta(days=1), catchup=False) as dag:
+
+        @task
+        def created() -> str:
+            return by_id
+
+        one = CallBatchToWarehouseOperator(
+            task_id="export_one",
+            warehouse_conn_id=CONN_ID,
+            table=engine.table,
+            batch_id="{{ ti.xcom_pull(task_ids='created') }}",
+            table_asset=True,
+        )
+        window = CallBatchToWarehouseOperator(task_id="export_window", warehouse_conn_id=CONN_ID, table=engine.table)
+        created() >> one >> window
+
+    run = run_dag_test(dag, logical_date=w1)
+    assert str(run.state) in ("success", "DagRunState.SUCCESS")
+    tis = {ti.task_id: ti for ti in run.get_task_instances()}
+    assert {t: str(ti.state) for t, ti in tis.items()} == {
+        "created": "success",
+        "export_one": "success",
+        "export_window": "success",
+    }
+    interval = (run.data_interval_start, run.data_interval_end)
+    assert interval == (w0, w1), (interval, w0, w1)
+    exported = {b for (b,) in engine.query(f"SELECT DISTINCT batch_id FROM {engine.table}")}
+    assert exported == {by_id, in_window}
+    xcom = tis["export_window"].xcom_pull(task_ids="export_window")
+    assert xcom["batch_ids"] == [in_window] and xcom["rows_written"] == 3

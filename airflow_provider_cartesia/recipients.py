@@ -1,0 +1,254 @@
+"""Recipients of a call batch: validated, loaded from SQL, and split into batches the API accepts.
+
+Everything here is checked *before* a request is sent, so a bad row costs nothing but an error
+message. Errors name the offending row by its 1-based position (``recipient #17``) and show at
+most the first four characters of a number (``+141…``), never a whole phone number or any metadata.
+
+- :func:`validate_recipients`: ``[{"to_number": "+1...", "metadata": {...}}, ...]`` as the API takes
+  them; E.164 numbers, metadata a JSON object of at most :data:`MAX_METADATA_BYTES`, no number twice
+  (unless allowed).
+- :func:`recipients_from_rows`: rows of a SQL query (a ``to_number`` column, optionally a
+  ``metadata`` column holding a JSON object, every other column a metadata key) as recipients.
+- :func:`load_recipients_from_sql`: run the query on an Airflow SQL connection and do the above.
+- :func:`split_recipients`: more than :data:`MAX_BATCH_RECIPIENTS` recipients become several
+  batches of balanced size, in the given order (5,001 → 2,501 + 2,500).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import date, datetime, time
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+E164 = re.compile(r"^\+[1-9]\d{1,14}$")
+"""A destination number as the API takes it: ``+``, a country code and at most 15 digits in all."""
+MAX_BATCH_RECIPIENTS = 5000
+"""Most recipients one create request may carry (``AgentCallBatchRequest.recipients.maxItems``)."""
+MAX_METADATA_BYTES = 4096
+"""Largest per-recipient metadata, as compact UTF-8 JSON. Cartesia does not document its limit (it
+answers 400 for "oversized metadata"); this is the bound the bundled simulator enforces. Checked up
+front so that a batch split in parts is not refused half-way through."""
+MAX_ERRORS_SHOWN = 5
+RECIPIENT_KEYS = frozenset({"to_number", "metadata"})
+TO_NUMBER_COLUMN = "to_number"
+METADATA_COLUMN = "metadata"
+
+
+class InvalidRecipientsError(ValueError):
+    """Recipients the API would refuse; the message names rows by position, never a whole number."""
+
+    def __init__(self, problems: Sequence[str], total: int | None = None) -> None:
+        self.problems = list(problems)
+        shown = "; ".join(self.problems[:MAX_ERRORS_SHOWN])
+        more = len(self.problems) - MAX_ERRORS_SHOWN
+        extra = f"; and {more:,} more problem(s)" if more > 0 else ""
+        of = f" (of {total:,} recipients)" if total is not None else ""
+        super().__init__(f"Invalid recipients{of}: {shown}{extra}")
+
+
+def mask_number(value: object) -> str:
+    """At most the first four characters of ``value`` then ``…``: enough to find the row, not to dial it."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    keep = min(4, len(value) // 2)
+    return f"{value[:keep]}…"
+
+
+def _metadata_problem(metadata: object, max_bytes: int) -> str | None:
+    if not isinstance(metadata, Mapping):
+        return f"metadata must be a JSON object or null, got a {type(metadata).__name__}"
+    if not all(isinstance(key, str) for key in metadata):
+        return "metadata keys must be strings"
+    try:
+        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except (TypeError, ValueError) as exc:
+        reason = str(exc).split(" is not JSON serializable")[0].replace("Object of type ", "a ")
+        return f"metadata is not JSON ({reason})"
+    if size > max_bytes:
+        return f"metadata is {size:,} bytes as JSON; at most {max_bytes:,} are allowed"
+    return None
+
+
+def validate_recipients(
+    items: Iterable[Any],
+    *,
+    allow_duplicate_numbers: bool = False,
+    max_metadata_bytes: int = MAX_METADATA_BYTES,
+) -> list[dict[str, Any]]:
+    """Check every recipient and return them as the API takes them (``metadata`` left out when null).
+
+    :param items: mappings with ``to_number`` (E.164 text) and optionally ``metadata`` (a JSON object).
+        Any other key is an error: put extra fields in ``metadata``.
+    :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
+    :raises InvalidRecipientsError: naming each bad row by position (first few shown), or when empty.
+    """
+    problems: list[str] = []
+    out: list[dict[str, Any]] = []
+    first_seen: dict[str, int] = {}
+    count = 0
+    for count, item in enumerate(items, start=1):
+        where = f"recipient #{count}"
+        if not isinstance(item, Mapping):
+            problems.append(f"{where}: must be an object with to_number and metadata, got a {type(item).__name__}")
+            continue
+        unknown = sorted(str(k) for k in item if k not in RECIPIENT_KEYS)
+        if unknown:
+            problems.append(f"{where}: unknown field(s) {', '.join(unknown)}; put extra fields in metadata")
+            continue
+        number = item.get("to_number")
+        if not isinstance(number, str):
+            what = "is missing" if number is None else f"must be text, got a {type(number).__name__}"
+            problems.append(f"{where}: to_number {what}")
+            continue
+        if not E164.match(number):
+            problems.append(
+                f"{where}: to_number is not E.164 ({mask_number(number)}): "
+                "+ and a country code, 2 to 15 digits, no spaces"
+            )
+            continue
+        metadata = item.get("metadata")
+        if metadata is not None:
+            problem = _metadata_problem(metadata, max_metadata_bytes)
+            if problem:
+                problems.append(f"{where}: {problem}")
+                continue
+        if not allow_duplicate_numbers:
+            earlier = first_seen.setdefault(number, count)
+            if earlier != count:
+                problems.append(
+                    f"{where}: to_number repeats recipient #{earlier} ({mask_number(number)}); "
+                    "set allow_duplicate_numbers=True to dial a number more than once"
+                )
+                continue
+        recipient: dict[str, Any] = {"to_number": number}
+        if metadata is not None:
+            recipient["metadata"] = dict(metadata)
+        out.append(recipient)
+    if count == 0:
+        raise InvalidRecipientsError(["there are none; a batch needs at least one recipient"], 0)
+    if problems:
+        raise InvalidRecipientsError(problems, count)
+    return out
+
+
+def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_BATCH_RECIPIENTS) -> list[list[Any]]:
+    """``items`` in as few batches as the limit allows, of balanced sizes, order kept.
+
+    5,000 recipients stay one batch; 5,001 become 2,501 + 2,500; 12,000 become 3 batches of 4,000.
+    """
+    if max_per_batch < 1:
+        raise ValueError("max_per_batch must be at least 1")
+    if not items:
+        return []
+    parts = math.ceil(len(items) / max_per_batch)
+    size, extra = divmod(len(items), parts)
+    out: list[list[Any]] = []
+    start = 0
+    for index in range(parts):
+        end = start + size + (1 if index < extra else 0)
+        out.append(list(items[start:end]))
+        start = end
+    return out
+
+
+def json_value(value: Any) -> Any:
+    """A database value as a JSON-safe metadata value (dates as ISO 8601, decimals as numbers)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
+    if isinstance(value, (datetime, date, time)):
+        return value.isoformat()
+    if isinstance(value, UUID):
+        return str(value)
+    if isinstance(value, (Mapping, list, tuple)):
+        return value  # JSON / array columns (psycopg parses them); checked when validated
+    raise TypeError(f"a {type(value).__name__} value has no JSON form")
+
+
+def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
+    """Rows of a query as recipient mappings (validate them with :func:`validate_recipients`).
+
+    Column names are matched case-insensitively. ``to_number`` is required. A ``metadata`` column
+    holds a JSON object (text, or already parsed) or NULL; every other column becomes a metadata key
+    of the same name (a key also in the ``metadata`` object is an error). With neither, a recipient
+    has no metadata.
+    """
+    lowered = [str(c).lower() for c in columns]
+    if TO_NUMBER_COLUMN not in lowered:
+        shown = ", ".join(str(c) for c in columns) or "none"
+        raise InvalidRecipientsError([f"the query returns no to_number column (columns: {shown})"])
+    for name in (TO_NUMBER_COLUMN, METADATA_COLUMN):
+        if lowered.count(name) > 1:
+            raise InvalidRecipientsError([f"the query returns the {name} column more than once"])
+    number_at = lowered.index(TO_NUMBER_COLUMN)
+    metadata_at = lowered.index(METADATA_COLUMN) if METADATA_COLUMN in lowered else None
+    others = [(i, str(columns[i])) for i in range(len(columns)) if i not in (number_at, metadata_at)]
+    out: list[dict[str, Any]] = []
+    problems: list[str] = []
+    for position, row in enumerate(rows, start=1):
+        where = f"recipient #{position} (row {position} of the query)"
+        metadata: dict[str, Any] | None = None
+        if metadata_at is not None and row[metadata_at] is not None:
+            raw = row[metadata_at]
+            if isinstance(raw, (bytes, bytearray, memoryview)):
+                raw = bytes(raw).decode("utf-8", errors="replace")
+            if isinstance(raw, str):
+                try:
+                    raw = json.loads(raw)
+                except ValueError:
+                    problems.append(f"{where}: the metadata column is not valid JSON")
+                    continue
+            if not isinstance(raw, Mapping):
+                problems.append(f"{where}: the metadata column must hold a JSON object, got a {type(raw).__name__}")
+                continue
+            metadata = dict(raw)
+        if others:
+            metadata = metadata or {}
+            try:
+                for index, name in others:
+                    if name in metadata:
+                        raise KeyError(name)
+                    metadata[name] = json_value(row[index])
+            except KeyError as exc:
+                problems.append(f"{where}: column {exc.args[0]} is also a key of the metadata column")
+                continue
+            except TypeError as exc:
+                problems.append(f"{where}: column {name}: {exc}")
+                continue
+        recipient: dict[str, Any] = {"to_number": row[number_at]}
+        if metadata is not None:
+            recipient["metadata"] = metadata
+        out.append(recipient)
+    if problems:
+        raise InvalidRecipientsError(problems)
+    return out
+
+
+def load_recipients_from_sql(
+    conn_id: str, sql: str, parameters: Mapping[str, Any] | Sequence[Any] | None = None
+) -> list[dict[str, Any]]:
+    """Run ``sql`` on Airflow connection ``conn_id`` (any common-sql hook) and turn its rows into recipients.
+
+    Neither the statement's rows nor its parameters are logged.
+    """
+    from contextlib import closing
+
+    from airflow_provider_cartesia.warehouse import get_warehouse_hook
+
+    hook = get_warehouse_hook(conn_id)
+    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cursor:
+        if parameters is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, parameters)
+        if cursor.description is None:
+            raise InvalidRecipientsError(["recipients_sql returned no result set; it must be a SELECT"])
+        columns = [d[0] for d in cursor.description]
+        rows = cursor.fetchall()
+    return recipients_from_rows(columns, rows)

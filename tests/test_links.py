@@ -1,0 +1,92 @@
+"""CallBatchLink: the URL it builds, and the link the worker stores for any operator that publishes a batch id."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+import pytest
+from airflow.sdk import DAG, BaseOperator
+
+from airflow_provider_cartesia.exceptions import CartesiaInvalidIdError
+from airflow_provider_cartesia.get_provider_info import get_provider_info
+from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink, call_batch_url
+from airflow_provider_cartesia.testing import CartesiaSimulator
+
+
+def test_call_batch_url() -> None:
+    assert call_batch_url("https://play.cartesia.ai", "acb_1") == "https://play.cartesia.ai/agents/calls/batches/acb_1"
+    assert call_batch_url("https://dash.example.com/org/", "acb_1") == (
+        "https://dash.example.com/org/agents/calls/batches/acb_1"
+    )
+    assert call_batch_url("https://x", "acb_1:2") == "https://x/agents/calls/batches/acb_1%3A2"
+    for bad in ("../acb_1", "acb/1", "acb?1", ""):
+        with pytest.raises(CartesiaInvalidIdError):
+            call_batch_url("https://x", bad)
+
+
+def test_the_link_is_registered_under_its_name() -> None:
+    assert CallBatchLink().name == "Cartesia call batch"
+    assert CallBatchLink().xcom_key == "_link_CallBatchLink"
+    assert "airflow_provider_cartesia.links.CallBatchLink" in get_provider_info()["extra-links"]
+
+
+class PublishesBatch(BaseOperator):
+    """Any operator can carry the link: publish the batch id, name the connection."""
+
+    operator_extra_links = (CallBatchLink(),)
+
+    def __init__(self, *, batch_id: str | None, cartesia_conn_id: str, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_id = batch_id
+        self.cartesia_conn_id = cartesia_conn_id
+
+    def execute(self, context: Any) -> None:
+        if self.batch_id is not None:
+            CallBatchLink.persist(context, self.batch_id)
+
+
+def _run_dag_test(dag: DAG) -> Any:
+    """``dag.test()`` once the DAG is in the metadata DB, as the DAG processor writes it (3.3 requires it)."""
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
+    from airflow.serialization.serialized_objects import LazyDeserializedDAG
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        DagBundlesManager().sync_bundles_to_db(session=session)
+    with create_session() as session:
+        update_dag_parsing_results_in_db(
+            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
+        )
+    return dag.test()
+
+
+@pytest.mark.dagtest
+def test_the_worker_stores_the_link_from_the_connections_dashboard_url(
+    airflow_db: None, cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    conn = {"conn_type": "cartesia", "host": cartesia_simulator.url, "password": cartesia_simulator.api_key}
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CARTESIA_DASH", json.dumps({**conn, "extra": {"dashboard_url": "https://dash.example.com/"}})
+    )
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_NOKEY", json.dumps({**conn, "password": None}))
+    with DAG("cartesia_links", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        PublishesBatch(task_id="with_dashboard", batch_id="acb_123", cartesia_conn_id="cartesia_dash")
+        PublishesBatch(task_id="no_batch_yet", batch_id=None, cartesia_conn_id="cartesia_dash")
+        PublishesBatch(task_id="unusable_connection", batch_id="acb_123", cartesia_conn_id="cartesia_nokey")
+
+    dr = _run_dag_test(dag)
+
+    tis = {ti.task_id: ti for ti in dr.get_task_instances()}
+    assert {t: str(ti.state) for t, ti in tis.items()} == dict.fromkeys(tis, "success")
+
+    def link(task_id: str) -> Any:
+        return tis[task_id].xcom_pull(task_ids=task_id, key="_link_CallBatchLink")
+
+    assert tis["with_dashboard"].xcom_pull(task_ids="with_dashboard", key=CALL_BATCH_ID_XCOM_KEY) == "acb_123"
+    assert link("with_dashboard") == "https://dash.example.com/agents/calls/batches/acb_123"
+    assert link("no_batch_yet") == ""
+    assert link("unusable_connection") == ""  # no exception in the worker's finalize, just no link
+    assert cartesia_simulator.requests == []  # building a link never calls the API

@@ -26,6 +26,7 @@ POKE_INTERVAL = float(os.environ.get("CARTESIA_POKE_INTERVAL", "60"))
 
 
 @dag(
+    doc_md=__doc__,
     schedule=None,
     catchup=False,
     tags=["cartesia", "example"],

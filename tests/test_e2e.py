@@ -16,6 +16,7 @@ REST API and checks that
 from __future__ import annotations
 
 import json
+import os
 import re
 import sqlite3
 import subprocess
@@ -25,6 +26,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.e2e_services import (
@@ -38,8 +40,6 @@ from tests.e2e_services import (
     wait_for,
     write_passwords_file,
 )
-
-pytestmark = [pytest.mark.e2e, pytest.mark.postgres]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "cartesia_wait_and_export"
@@ -172,6 +172,8 @@ def _triggerer_job_ids(metadata_uri: str) -> set[int]:
     return {int(row[0]) for row in rows}
 
 
+@pytest.mark.e2e
+@pytest.mark.postgres
 def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) -> None:
     started = time.monotonic()
     api = deployment.api
@@ -231,3 +233,32 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
     left = deployment.processes.survivors()
     assert not left, f"processes left behind: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}"
     print(f"e2e: run succeeded and services stopped {time.monotonic() - started:.1f} s after start-up finished")
+
+
+_TREE = """
+import subprocess, sys, time
+stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
+child = subprocess.Popen([sys.executable, "-c", stubborn], start_new_session=True)
+print("child", child.pid, flush=True)
+time.sleep(120)
+"""
+
+
+def test_stop_all_ends_whole_trees_and_survivors_finds_what_is_left(tmp_path: Path) -> None:
+    """The teardown's guarantees, on a tree like a task's: a child in a session of its own that
+    ignores SIGTERM is found while it lives, and killed after the grace period."""
+    processes = Processes(log_dir=tmp_path)
+    service = processes.start("tree", [sys.executable, "-c", _TREE], dict(os.environ), grace=1)
+
+    def child_pid() -> int | None:
+        match = re.search(r"child (\d+)", service.log_path.read_text())
+        return int(match.group(1)) if match else None
+
+    child = wait_for("the child to start", child_pid, timeout=10)
+    assert {service.pid, child} <= {p.pid for p in processes.survivors()}
+    assert os.getpgid(child) != os.getpgid(service.pid)
+
+    processes.stop_all()
+
+    assert processes.survivors() == []
+    assert not psutil.pid_exists(child) or psutil.Process(child).status() == psutil.STATUS_ZOMBIE

@@ -1,0 +1,583 @@
+"""Start and stop Cartesia call batches from a DAG, never dialing anyone twice.
+
+:class:`CreateCallBatchOperator` validates the recipients and options before anything is sent,
+names every batch with a tag of its task instance, and adopts the batch an earlier try of the same
+task instance created instead of creating it again (see :mod:`airflow_provider_cartesia.idempotency`).
+:class:`CancelCallBatchOperator` stops a batch's queued calls, idempotently.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from airflow.sdk import BaseOperator, conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
+from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
+from airflow_provider_cartesia.models import WaitFor
+from airflow_provider_cartesia.waiting import (
+    DEFAULT_FAILURE_STATUSES,
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    DEFAULT_SUCCESS_STATUSES,
+    CallBatchWaitMixin,
+    WaitCriteria,
+    is_fatal,
+)
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+    from airflow_provider_cartesia.idempotency import PartsPlan
+    from airflow_provider_cartesia.models import CallBatch
+
+CALL_BATCH_IDS_XCOM_KEY = "cartesia_batch_ids"
+"""XCom key of the list of every batch id the create operator created or adopted (pushed before waiting)."""
+CALL_BATCH_SUMMARY_XCOM_KEY = "cartesia_batch_summary"
+"""XCom key of the settled batch's summary (a list of summaries when split), with ``wait_for_completion``."""
+REGIONS = ("US", "EU", "APAC")
+RINGING_TIMEOUT_RANGE = (5, 80)
+MAX_CALL_DURATION_RANGE = (1, 480)
+SCHEDULE_HORIZON = timedelta(days=30)
+GATEWAY_STATUSES = frozenset({502, 504})
+"""Create answers from a proxy that may have forwarded the request: the outcome is unknown."""
+DEFAULT_POKE_INTERVAL = 60.0
+DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
+VERIFY_DELAY = 5.0
+"""Seconds between the two looks for a batch whose create got no usable answer."""
+
+
+def _int_in_range(name: str, value: Any, low: int, high: int | None) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bounds = f"{low} to {high}" if high is not None else f"at least {low}"
+        raise ValueError(f"{name} must be {bounds}, got {value}")
+    return value
+
+
+def _seconds(name: str, value: float | timedelta) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else float(value)
+    if seconds <= 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return seconds
+
+
+def parse_scheduled_at(value: Any) -> datetime | None:
+    """``scheduled_at`` as an aware UTC datetime: from a datetime or RFC 3339 text with an offset; '' is None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(
+                f"scheduled_at {value!r} is not an RFC 3339 date-time (e.g. 2026-06-15T16:00:00Z)"
+            ) from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"scheduled_at must be a datetime or RFC 3339 text, got a {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"scheduled_at {value.isoformat()} has no timezone; give an offset such as Z or +02:00")
+    return value.astimezone(timezone.utc)
+
+
+def schedule_problem(scheduled_at: datetime | None, now: datetime) -> str | None:
+    """Why Cartesia would refuse ``scheduled_at`` now (in the past, or more than 30 days ahead), or None."""
+    if scheduled_at is None:
+        return None
+    if scheduled_at <= now:
+        return f"scheduled_at {scheduled_at.isoformat()} is not in the future (now {now.isoformat(timespec='seconds')})"
+    if scheduled_at > now + SCHEDULE_HORIZON:
+        return f"scheduled_at {scheduled_at.isoformat()} is more than 30 days ahead"
+    return None
+
+
+def _fail(message: str, exc: BaseException | None = None) -> NoReturn:
+    raise AirflowFailException(message) from exc
+
+
+class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
+    """Create a Cartesia call batch (a campaign of outbound calls), at most once per task instance.
+
+    **Never the same batch twice.** Cartesia has no idempotency key and Airflow retries tasks, so the
+    batch is named ``<name> [af:<key>.<list>]``: ``key`` hashes dag_id, task_id, run_id and map index,
+    ``list`` the recipient list. Before creating, the operator lists the agent's batches (newest first,
+    back to the DAG run's ``run_after``) and adopts one an earlier try of this task instance created:
+    a retried or cleared task re-attaches, a new DAG run creates a new batch. When a create gets no
+    usable answer (timeout or dropped connection after sending, a 502/504 from a proxy, a 2xx with a
+    body that cannot be read) it is never resent: the operator looks for the batch twice, 5 s apart,
+    and adopts it; if Cartesia still does not list it, the task fails **without retrying**, saying
+    which name to look for (clear the task once you know: it adopts the batch if it exists, or
+    creates it). Limits: a worker that dies after sending a create leaves the decision to the retry's
+    lookup, which relies on Cartesia listing the batch by then; two tries running at once (a zombie
+    and its retry) can both create.
+
+    **Recipients**, exactly one source: ``recipients``, a list of ``{"to_number": "+1...", "metadata":
+    {...}}`` (templated; an XComArg such as ``task.output``, or JSON text), or ``recipients_sql`` run on
+    ``warehouse_conn_id`` (any common-sql connection), returning a ``to_number`` column and optionally
+    a ``metadata`` column (a JSON object) and other columns (each becomes a metadata key). Everything
+    is validated before the first request: E.164 numbers, metadata a JSON object of at most 4 KiB, no
+    number twice, the option ranges of the API. Errors name rows by position (``recipient #17``) and
+    show at most 4 characters of a number; numbers and metadata never reach logs or XCom.
+
+    **More than 5,000 recipients** (the API's maximum) become several batches of balanced size, in
+    order, named ``<name> (1/3) [af:…]``, ``<name> (2/3) [af:…]``, ...; a retry creates only the
+    missing parts. If a retry's recipient list differs from the one an earlier try sent (the query
+    returned other rows), the earlier try's batches are adopted when complete, and the task fails
+    rather than mixing two lists when they are not.
+
+    **Returns** the batch id, or the list of ids when split. XCom ``cartesia_batch_ids`` always holds
+    the list (pushed as soon as it is known, before any wait); ``cartesia_batch_id`` the first id (for
+    the "Cartesia call batch" link).
+
+    **wait_for_completion=True** then waits exactly as
+    :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (the same shared code:
+    in this worker every ``poke_interval`` seconds, or deferred to the same
+    :class:`~airflow_provider_cartesia.triggers.call_batch.CallBatchTrigger`; same success and failure
+    rules and errors), for each part in turn within one ``timeout``. The return value stays the id(s);
+    the summary (counts only) is pushed under XCom ``cartesia_batch_summary`` (a list when split).
+
+    :param name: the batch's label (templated); the tag is appended.
+    :param agent_id: the agent that handles the calls (templated).
+    :param from_number_id: the phone number id to call from (templated).
+    :param recipients: recipient mappings (templated).
+    :param recipients_sql: a query returning the recipients (templated; may be a ``.sql`` file).
+    :param warehouse_conn_id: the SQL connection ``recipients_sql`` runs on (templated).
+    :param recipients_sql_parameters: bind parameters of ``recipients_sql`` (templated).
+    :param target_concurrency_limit: most calls of the batch at once (>= 1, at most the org's limit).
+    :param ringing_timeout_seconds: 5 to 80.
+    :param max_call_duration_minutes: 1 to 480.
+    :param scheduled_at: when dialing starts (templated): an aware datetime or RFC 3339 text with an
+        offset, in the future and within 30 days. None dials at once.
+    :param region: ``US``, ``EU`` or ``APAC`` (SIP-trunk numbers only).
+    :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
+    :param skip_if_no_recipients: skip the task when there are no recipients instead of failing.
+    :param cartesia_conn_id: the Airflow connection of type ``cartesia`` (templated).
+    :param wait_for_completion: wait until the batch settles before succeeding.
+    :param deferrable: wait in the triggerer (default ``[operators] default_deferrable``).
+    :param poke_interval: seconds between two polls while waiting.
+    :param timeout: seconds the whole wait may take (default 7 days).
+    :param wait_for, success_statuses, failure_statuses, max_consecutive_failures: as on
+        :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor`.
+    :param cancel_on_kill: cancel the batches this task created or adopted when the task is killed
+        while it runs in a worker (a deferred wait is in the triggerer and is not cancelled).
+    """
+
+    template_fields: Sequence[str] = (
+        "name",
+        "agent_id",
+        "from_number_id",
+        "recipients",
+        "recipients_sql",
+        "warehouse_conn_id",
+        "recipients_sql_parameters",
+        "scheduled_at",
+        "cartesia_conn_id",
+    )
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"recipients_sql": "sql", "recipients": "json"}
+    operator_extra_links = (CallBatchLink(),)
+    ui_color = "#d2e3fc"
+
+    verify_delay: float = VERIFY_DELAY
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        agent_id: str,
+        from_number_id: str,
+        recipients: Any = None,
+        recipients_sql: str | None = None,
+        warehouse_conn_id: str | None = None,
+        recipients_sql_parameters: Mapping[str, Any] | Sequence[Any] | None = None,
+        target_concurrency_limit: int | None = None,
+        ringing_timeout_seconds: int | None = None,
+        max_call_duration_minutes: int | None = None,
+        scheduled_at: datetime | str | None = None,
+        region: str | None = None,
+        allow_duplicate_numbers: bool = False,
+        skip_if_no_recipients: bool = False,
+        cartesia_conn_id: str = DEFAULT_CONN_ID,
+        wait_for_completion: bool = False,
+        deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
+        timeout: float | timedelta = DEFAULT_WAIT_TIMEOUT,
+        wait_for: WaitFor = "finished",
+        success_statuses: Collection[str] = DEFAULT_SUCCESS_STATUSES,
+        failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
+        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        cancel_on_kill: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        if (recipients is None) == (recipients_sql is None):
+            raise ValueError("give exactly one of recipients and recipients_sql")
+        if recipients_sql is not None and not warehouse_conn_id:
+            raise ValueError("recipients_sql needs warehouse_conn_id, the SQL connection to run it on")
+        if region is not None and region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}, got {region!r}")
+        self.name = name
+        self.agent_id = agent_id
+        self.from_number_id = from_number_id
+        self.recipients = recipients
+        self.recipients_sql = recipients_sql
+        self.warehouse_conn_id = warehouse_conn_id
+        self.recipients_sql_parameters = recipients_sql_parameters
+        self.target_concurrency_limit = _int_in_range("target_concurrency_limit", target_concurrency_limit, 1, None)
+        self.ringing_timeout_seconds = _int_in_range(
+            "ringing_timeout_seconds", ringing_timeout_seconds, *RINGING_TIMEOUT_RANGE
+        )
+        self.max_call_duration_minutes = _int_in_range(
+            "max_call_duration_minutes", max_call_duration_minutes, *MAX_CALL_DURATION_RANGE
+        )
+        if not isinstance(scheduled_at, str):
+            parse_scheduled_at(scheduled_at)  # a datetime is checked now; text once rendered
+        self.scheduled_at = scheduled_at
+        self.region = region
+        self.allow_duplicate_numbers = allow_duplicate_numbers
+        self.skip_if_no_recipients = skip_if_no_recipients
+        self.cartesia_conn_id = cartesia_conn_id
+        self.wait_for_completion = wait_for_completion
+        self.deferrable = deferrable
+        self.poke_interval = _seconds("poke_interval", poke_interval)
+        self.timeout = _seconds("timeout", timeout)
+        self.wait_criteria = WaitCriteria(
+            wait_for=wait_for,
+            success_statuses=tuple(success_statuses),
+            failure_statuses=tuple(failure_statuses),
+            max_consecutive_failures=max_consecutive_failures,
+        )
+        self.cancel_on_kill = cancel_on_kill
+        self._sleep = time.sleep
+        self._batch_ids: list[str] = []
+
+    # -- execute ------------------------------------------------------------------------------
+
+    def execute(self, context: Context) -> str | list[str]:
+        from airflow_provider_cartesia.idempotency import (
+            recipients_fingerprint,
+            scan_not_before,
+            task_instance_key,
+        )
+        from airflow_provider_cartesia.recipients import split_recipients
+
+        if not isinstance(self.name, str) or not self.name.strip():
+            _fail("name must be a non-empty string")
+        try:
+            scheduled_at = parse_scheduled_at(self.scheduled_at)
+        except ValueError as exc:
+            _fail(str(exc), exc)
+        recipients = self._recipients()
+        parts = split_recipients(recipients)
+        sizes = ", ".join(f"{len(p):,}" for p in parts)
+        self.log.info(
+            "%s recipient(s) validated; %s",
+            f"{len(recipients):,}",
+            f"{len(parts)} batches of {sizes}" if len(parts) > 1 else "one batch",
+        )
+        ti = context["ti"]
+        key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+        fingerprint = recipients_fingerprint(recipients)
+        dag_run = context.get("dag_run")
+        not_before = scan_not_before(getattr(dag_run, "run_after", None))
+        problem = schedule_problem(scheduled_at, datetime.now(timezone.utc))
+        if problem and (ti.try_number or 1) <= 1:
+            # A first try fails before sending anything. (Were this run deleted and recreated under the
+            # same run_id, a batch of the old run would not be adopted here; but nothing is created.)
+            _fail(problem)
+
+        plan = self._plan(key, fingerprint, len(parts), not_before)
+        if plan.create and problem:
+            _fail(f"{problem}; an earlier try created {len(plan.adopt)} of {plan.parts} batch(es)")
+        batches = dict(plan.adopt)
+        self._batch_ids = [b.id for _, b in sorted(batches.items())]
+        for part in plan.create:
+            batches[part] = self._create_part(
+                part, plan.parts, parts[part - 1], key, fingerprint, not_before, scheduled_at
+            )
+            self._batch_ids = [b.id for _, b in sorted(batches.items())]
+
+        ids = [batches[p].id for p in range(1, plan.parts + 1)]
+        ti.xcom_push(key=CALL_BATCH_IDS_XCOM_KEY, value=ids)
+        CallBatchLink.persist(context, ids[0])
+        if self.wait_for_completion:
+            return self._wait(context, ids, 0, [])
+        return ids[0] if len(ids) == 1 else ids
+
+    def _recipients(self) -> list[dict[str, Any]]:
+        """The validated recipient list (AirflowFailException when invalid; retries cannot fix data)."""
+        from airflow_provider_cartesia.recipients import (
+            InvalidRecipientsError,
+            load_recipients_from_sql,
+            validate_recipients,
+        )
+
+        items: Any
+        if self.recipients_sql is not None:
+            if not self.warehouse_conn_id:
+                _fail("recipients_sql needs warehouse_conn_id")
+            try:
+                items = load_recipients_from_sql(
+                    self.warehouse_conn_id, self.recipients_sql, self.recipients_sql_parameters
+                )
+            except InvalidRecipientsError as exc:
+                _fail(f"recipients_sql: {exc}", exc)
+            source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
+        else:
+            items = self.recipients
+            if isinstance(items, str):
+                try:
+                    items = json.loads(items)
+                except ValueError:
+                    _fail(
+                        "recipients rendered to text that is not JSON; pass an XComArg (task.output) or a list, "
+                        "or set render_template_as_native_obj=True on the DAG"
+                    )
+            if isinstance(items, Mapping) or not isinstance(items, Iterable):
+                _fail(f"recipients must be a list of {{to_number, metadata}} objects, got a {type(items).__name__}")
+            items = list(items)
+            source = "recipients"
+        if not items and self.skip_if_no_recipients:
+            raise AirflowSkipException(f"No recipients from {source}; nothing to call")
+        try:
+            return validate_recipients(items, allow_duplicate_numbers=self.allow_duplicate_numbers)
+        except InvalidRecipientsError as exc:
+            _fail(f"{source}: {exc}", exc)
+
+    def _scan(self, key: str, not_before: datetime | None, until: tuple[int, str, Collection[int]]) -> Any:
+        from airflow_provider_cartesia.idempotency import scan_for_tagged
+
+        result = scan_for_tagged(
+            self.hook.list_call_batches(agent_id=self.agent_id), key, not_before=not_before, until_found=until
+        )
+        self.log.info(
+            "Looked for batches of this task instance (tag key %s) among %d batch(es) of agent %s: found %d",
+            key,
+            result.batches_seen,
+            self.agent_id,
+            len(result.found),
+        )
+        return result
+
+    def _plan(self, key: str, fingerprint: str, parts: int, not_before: datetime | None) -> PartsPlan:
+        from airflow_provider_cartesia.idempotency import DuplicateRiskError, plan_parts
+
+        scan = self._scan(key, not_before, (parts, fingerprint, range(1, parts + 1)))
+        try:
+            plan = plan_parts(scan.found, parts, fingerprint)
+        except DuplicateRiskError as exc:
+            _fail(f"Not creating any call batch: {exc}. Check these batches on Cartesia.", exc)
+        for note in plan.notes:
+            self.log.warning("%s", note)
+        for _part, batch in sorted(plan.adopt.items()):
+            self.log.info("Adopting batch %s (%r), created by an earlier try of this task", batch.id, batch.name)
+        return plan
+
+    def _create_part(
+        self,
+        part: int,
+        parts: int,
+        recipients: list[dict[str, Any]],
+        key: str,
+        fingerprint: str,
+        not_before: datetime | None,
+        scheduled_at: datetime | None,
+    ) -> CallBatch:
+        """Create one part; when its outcome is unknown, find it rather than send it again."""
+        from airflow_provider_cartesia.exceptions import (
+            CartesiaCreateOutcomeUnknownError,
+            CartesiaError,
+            CartesiaResponseError,
+            CartesiaServerError,
+        )
+        from airflow_provider_cartesia.idempotency import part_name
+
+        name = part_name(self.name, key, fingerprint, part, parts)
+        options = {
+            "target_concurrency_limit": self.target_concurrency_limit,
+            "ringing_timeout_seconds": self.ringing_timeout_seconds,
+            "max_call_duration_minutes": self.max_call_duration_minutes,
+            "scheduled_at": scheduled_at,
+            "region": self.region,
+        }
+        self.log.info("Creating call batch %r with %s recipient(s)", name, f"{len(recipients):,}")
+        try:
+            batch = self.hook.create_call_batch(name, self.agent_id, self.from_number_id, recipients, **options)
+        except (CartesiaCreateOutcomeUnknownError, CartesiaResponseError) as exc:
+            return self._recover(name, part, parts, key, fingerprint, not_before, exc)
+        except CartesiaServerError as exc:
+            if exc.status_code in GATEWAY_STATUSES:
+                return self._recover(name, part, parts, key, fingerprint, not_before, exc)
+            raise  # Cartesia answered that it could not create the batch: a retry looks first, then creates
+        except CartesiaError as exc:
+            if is_fatal(exc):
+                _fail(f"Cartesia refused to create call batch {name!r}: {exc}", exc)
+            raise
+        self.log.info("Created call batch %s (%r)", batch.id, name)
+        return batch
+
+    def _recover(
+        self,
+        name: str,
+        part: int,
+        parts: int,
+        key: str,
+        fingerprint: str,
+        not_before: datetime | None,
+        cause: BaseException,
+    ) -> CallBatch:
+        """The create may or may not have reached Cartesia: look for it twice; adopt it or fail without retry."""
+        from airflow_provider_cartesia.exceptions import CartesiaError
+
+        self.log.warning("No usable answer to the create of %r (%s); looking for it instead of resending", name, cause)
+        errors: list[str] = []
+        for attempt in range(2):
+            if attempt:
+                self._sleep(self.verify_delay)
+            try:
+                scan = self._scan(key, not_before, (parts, fingerprint, (part,)))
+            except CartesiaError as exc:
+                errors.append(str(exc))
+                continue
+            for tagged in scan.found:
+                if (tagged.part, tagged.parts, tagged.fingerprint) == (part, parts, fingerprint):
+                    self.log.info("Cartesia has it: adopting call batch %s (%r)", tagged.batch.id, name)
+                    return tagged.batch
+        looked = "could not list the batches (" + "; ".join(errors) + ")" if len(errors) == 2 else "it is not listed"
+        _fail(
+            f"The create request for call batch {name!r} may have reached Cartesia, but {looked}. It was not "
+            "sent again: Cartesia has no idempotency key, and a second create would call every recipient twice. "
+            f"Look for a batch named {name!r} on Cartesia, then clear this task: it adopts the batch if it "
+            "exists, and creates it otherwise",
+            cause,
+        )
+
+    # -- waiting (the sensor's code, via CallBatchWaitMixin) ----------------------------------
+
+    def _wait_deadline(self, context: Context) -> float:
+        """``timeout`` seconds after this try started (Airflow keeps a try's start across a deferral)."""
+        started = getattr(context["ti"], "start_date", None)
+        return (started.timestamp() if isinstance(started, datetime) else time.time()) + self.timeout
+
+    def _wait(self, context: Context, ids: list[str], start: int, summaries: list[dict[str, Any]]) -> str | list[str]:
+        """Wait for ``ids[start:]`` one after the other, as the sensor waits, within one deadline.
+
+        The part being waited for is the one published for the extra link (the shared
+        ``execute_complete`` finds it there); the summaries of the parts settled so far are in XCom,
+        so that a deferred wait resumes where it was.
+        """
+        ti = context["ti"]
+        deadline = self._wait_deadline(context)
+        for position in range(start, len(ids)):
+            CallBatchLink.persist(context, ids[position])
+            if summaries:  # the parts settled so far, for a deferred wait to resume from
+                ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries)
+            remaining = max(deadline - time.time(), 0.0)
+            if self.deferrable:
+                summary = self.poke_then_defer(ids[position], poll_interval=self.poke_interval, timeout=remaining)
+            else:
+                summary = self.wait_in_worker(
+                    ids[position], poll_interval=self.poke_interval, timeout=remaining, sleep=self._sleep
+                )
+            summaries = [*summaries, summary]
+        ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries[0] if len(ids) == 1 else summaries)
+        return ids[0] if len(ids) == 1 else ids
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> str | list[str]:  # type: ignore[override]
+        """Resume after the trigger: judge the event exactly as the sensor does, then wait for the next part."""
+        summary = super().execute_complete(context, event)
+        ti = context["ti"]
+        waited = self.waited_batch_id(context)
+        ids = ti.xcom_pull(task_ids=ti.task_id, key=CALL_BATCH_IDS_XCOM_KEY, map_indexes=ti.map_index) or [waited]
+        if waited not in ids:
+            raise AirflowFailException(f"Resumed waiting for call batch {waited!r}, which this task did not create")
+        done: list[dict[str, Any]] = []
+        if len(ids) > 1:
+            done = list(
+                ti.xcom_pull(task_ids=ti.task_id, key=CALL_BATCH_SUMMARY_XCOM_KEY, map_indexes=ti.map_index) or []
+            )
+        return self._wait(context, ids, ids.index(waited) + 1, [*done, summary] if summary is not None else done)
+
+    # -- kill ---------------------------------------------------------------------------------
+
+    def on_kill(self) -> None:
+        """Cancel the batches created or adopted so far, only when ``cancel_on_kill=True``."""
+        if not self.cancel_on_kill or not self._batch_ids:
+            return
+        from airflow_provider_cartesia.exceptions import CartesiaError
+
+        for batch_id in self._batch_ids:
+            try:
+                batch = self.hook.cancel_call_batch(batch_id)
+            except CartesiaError as exc:
+                self.log.error("Could not cancel call batch %s on kill: %s", batch_id, exc)
+            else:
+                self.log.info("Task killed: cancelled call batch %s (status %s)", batch_id, batch.status)
+
+
+class CancelCallBatchOperator(BaseOperator):
+    """Stop dialing a call batch's queued recipients; calls in flight finish. Idempotent.
+
+    A batch that is already over (``completed``, ``failed`` or ``cancelled``) is left alone and the task
+    succeeds, saying so. Returns the batch's summary (:meth:`CallBatch.summary`, counts only), read
+    after the cancel; given a list of ids (the create operator's return value when split), cancels each
+    and returns the list of summaries. 400/401/403/404 fail without retrying; 429, 5xx and network
+    errors fail with retries (cancelling again is harmless).
+
+    :param batch_id: the batch id, or a list of ids (templated).
+    :param cartesia_conn_id: the Airflow connection of type ``cartesia`` (templated).
+    """
+
+    template_fields: Sequence[str] = ("batch_id", "cartesia_conn_id")
+    operator_extra_links = (CallBatchLink(),)
+    ui_color = "#fce8e6"
+
+    def __init__(self, *, batch_id: str | list[str], cartesia_conn_id: str = DEFAULT_CONN_ID, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.batch_id = batch_id
+        self.cartesia_conn_id = cartesia_conn_id
+
+    @cached_property
+    def hook(self) -> CartesiaHook:
+        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+        return CartesiaHook(self.cartesia_conn_id)
+
+    def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
+        ids = [self.batch_id] if isinstance(self.batch_id, str) else list(self.batch_id or [])
+        if not ids or not all(isinstance(i, str) for i in ids):
+            _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
+        context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
+        summaries = [self._cancel(batch_id) for batch_id in ids]
+        return summaries[0] if isinstance(self.batch_id, str) else summaries
+
+    def _cancel(self, batch_id: str) -> dict[str, Any]:
+        from airflow_provider_cartesia.exceptions import CartesiaError
+
+        try:
+            before = self.hook.get_call_batch(batch_id)
+            if before.is_terminal:
+                self.log.info(
+                    "Call batch %s is already over (%s); nothing to cancel. %s",
+                    batch_id,
+                    before.status,
+                    before.progress_line(),
+                )
+                return before.summary()
+            self.hook.cancel_call_batch(batch_id)
+            after = self.hook.get_call_batch(batch_id)
+        except CartesiaError as exc:
+            if is_fatal(exc):
+                _fail(f"Could not cancel call batch {batch_id}: {exc}", exc)
+            raise
+        self.log.info("Cancelled call batch %s; calls in flight finish. %s", batch_id, after.progress_line())
+        return after.summary()

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -238,7 +239,14 @@ def _embedded_sqlite_hook_class() -> type[DbApiHook]:
             def get_conn(self) -> Any:
                 import sqlite3
 
-                return sqlite3.connect(self.connection.host or ":memory:", timeout=30)
+                path = self.connection.host or ""
+                if path != ":memory:" and not os.path.isabs(path):
+                    raise CartesiaWarehouseSchemaError(
+                        f"Connection '{self.get_conn_id()}': the host of a sqlite connection must be the database "
+                        f"file's absolute path, got {path!r} (a relative path would land in the worker's working "
+                        "directory)"
+                    )
+                return sqlite3.connect(path, timeout=30)
 
             def get_uri(self) -> str:
                 return f"sqlite:///{self.connection.host or ''}"

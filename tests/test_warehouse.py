@@ -407,6 +407,16 @@ def test_sqlite_works_without_the_sqlite_provider(tmp_path: Path, monkeypatch: p
     assert (tmp_path / "x.db").exists()
 
 
+def test_a_relative_sqlite_path_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_cartesia.warehouse import _sqlite_provider_installed
+
+    if _sqlite_provider_installed():
+        pytest.skip("the sqlite provider's own hook resolves paths its way")
+    monkeypatch.setenv("AIRFLOW_CONN_RELDB", '{"conn_type": "sqlite", "host": "warehouse.db"}')
+    with pytest.raises(CartesiaWarehouseSchemaError, match="absolute path"):
+        WarehouseWriter(get_warehouse_hook("reldb"), "t", RECIPIENT_COLUMNS).connection  # noqa: B018
+
+
 def test_a_connection_without_a_sql_hook_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_NOTSQL", '{"conn_type": "cartesia", "password": "sk_car_x"}')
     with pytest.raises(CartesiaWarehouseSchemaError, match="no SQL"):

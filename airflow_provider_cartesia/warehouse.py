@@ -255,6 +255,16 @@ def _embedded_sqlite_hook_class() -> type[DbApiHook]:
     return _SQLITE_HOOK
 
 
+def _is_redshift(hook: Any) -> bool:
+    """A PostgresHook pointed at Redshift (its ``redshift`` extra): no JSONB, no COPY FROM STDIN."""
+    if hook.conn_type != "postgres":
+        return False
+    try:
+        return bool(hook.connection.extra_dejson.get("redshift"))
+    except Exception:  # no connection to look at: not Redshift as far as we can tell
+        return False
+
+
 # -- SQL text ---------------------------------------------------------------------------------
 
 
@@ -278,6 +288,9 @@ class WarehouseTable:
 
     @cached_property
     def engine(self) -> EngineProfile:
+        """The engine's profile from the hook's dialect name; Redshift behind a PostgresHook is generic."""
+        if _is_redshift(self.hook):
+            return ENGINES["generic"]
         try:
             dialect_name = self.hook.dialect_name
         except Exception:  # a hook that cannot tell (no SQLAlchemy URL) gets standard SQL
@@ -585,7 +598,7 @@ class WarehouseWriter:
         """The bulk path this connection takes: ``copy`` (psycopg 3), ``execute_values`` (psycopg2) or
         ``executemany``."""
         module = type(self.connection).__module__.split(".")[0]
-        if module == "psycopg":
+        if module == "psycopg" and not _is_redshift(self.hook):  # Redshift has no COPY FROM STDIN
             return "copy"
         if module == "psycopg2":
             return "execute_values"

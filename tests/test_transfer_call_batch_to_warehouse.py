@@ -348,6 +348,23 @@ def test_unknown_batch_fails_at_once_and_writes_nothing(
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_an_answer_without_recipients_never_erases_the_rows(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    from airflow_provider_cartesia.exceptions import CartesiaResponseError
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    batch_id = quick(sim)
+    operator(engine, batch_id=batch_id).execute({})
+    shape = {k: v for k, v in sim.batch(batch_id).items() if k != "recipients"}
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=shape))
+    with pytest.raises(CartesiaResponseError, match="without its recipients"):
+        operator(engine, batch_id=batch_id).execute({})
+    assert engine.count(batch_id) == 3
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
 def test_a_zero_length_interval_continues_from_the_last_successful_run(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:

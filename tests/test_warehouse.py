@@ -6,6 +6,7 @@ operator's end-to-end tests (with the Cartesia simulator) are in test_transfer_c
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
@@ -376,6 +377,25 @@ def test_mysql_columns_and_case_sensitive_ids(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_generic_sql_path_on_a_real_engine(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A PostgresHook flagged for Redshift gets standard SQL types and executemany (no JSONB, no COPY)."""
+    conn = {**json.loads(engine.conn_json), "extra": {"redshift": True}}
+    monkeypatch.setenv("AIRFLOW_CONN_GENERIC", json.dumps(conn))
+    hook = get_warehouse_hook("generic")
+    with WarehouseWriter(hook, engine.table, RECIPIENT_COLUMNS, chunk_size=3) as writer:
+        assert writer.engine.name == "generic" and writer.insert_method == "executemany"
+        writer.ensure_table()
+        writer.replace_batch("acb_g", rows_of(writer, make_batch("acb_g", 10, metadata=HOSTILE_METADATA)))
+        writer.replace_batch("acb_g", rows_of(writer, make_batch("acb_g", 10, metadata=HOSTILE_METADATA)))
+    types = dict(engine.query(f"SELECT column_name, data_type FROM {COLUMNS} WHERE table_name = %s", (engine.table,)))
+    assert types["metadata"] == "character varying"
+    assert types["created_at"] == "timestamp with time zone"
+    assert engine.count("acb_g") == 10
+    assert json_value(engine.rows(columns="metadata")[0][0]) == HOSTILE_METADATA
+    assert utc_value(engine.rows(columns="created_at")[0][0]) == T0
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
 def test_psycopg2_connections_use_execute_values(engine: Engine) -> None:
     import psycopg2
     from airflow.providers.postgres.hooks.postgres import PostgresHook
@@ -394,8 +414,6 @@ def test_psycopg2_connections_use_execute_values(engine: Engine) -> None:
 
 
 def test_sqlite_works_without_the_sqlite_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
     monkeypatch.setenv("AIRFLOW_CONN_LOCALDB", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "x.db")}))
     hook = get_warehouse_hook("localdb")
     assert hook.dialect_name == "sqlite"

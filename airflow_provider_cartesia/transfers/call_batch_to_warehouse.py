@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import contextlib
 import gc
+import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -26,6 +27,7 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaConfigError,
     CartesiaInvalidIdError,
     CartesiaNotFoundError,
+    CartesiaResponseError,
     CartesiaWarehouseSchemaError,
 )
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
@@ -38,6 +40,8 @@ if TYPE_CHECKING:
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
     from airflow_provider_cartesia.warehouse import WarehouseWriter
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cartesia_call_batch_recipients"
 ASSET_SCHEME = "cartesia-warehouse"
@@ -261,6 +265,7 @@ class CallBatchToWarehouseOperator(BaseOperator):
     def _export_batch(self, writer: WarehouseWriter, batch_id: str) -> tuple[int, dict[str, int], dict[str, int]]:
         started = time.monotonic()
         batch = self.hook.get_call_batch(batch_id)
+        _check_recipients(batch)
         calls = None
         if self.include_calls:
             calls = collect_call_outcomes(
@@ -386,6 +391,26 @@ def table_dataset(
     else:
         name = ".".join(p for p in (table.schema or database, table.name) if p)
     return f"{scheme}://{authority}", name
+
+
+def _check_recipients(batch: CallBatch) -> None:
+    """Refuse to replace a batch's rows with nothing when the answer lacks its recipients."""
+    recipients = batch.recipients
+    if recipients is None or (not recipients and batch.total_calls_scheduled):
+        raise CartesiaResponseError(
+            f"the batch came without its recipients ({batch.total_calls_scheduled:,} scheduled); its rows were "
+            "left as they were",
+            method="GET",
+            path=f"/agents/calls/batches/{batch.id}",
+        )
+    if batch.total_calls_scheduled and len(recipients) != batch.total_calls_scheduled:
+        log.warning(
+            "Batch %s lists %s recipients but schedules %s; exporting the %s listed",
+            batch.id,
+            f"{len(recipients):,}",
+            f"{batch.total_calls_scheduled:,}",
+            f"{len(recipients):,}",
+        )
 
 
 @contextlib.contextmanager

@@ -683,6 +683,13 @@ def test_dag_test_cleared_run_reattaches_and_a_new_run_creates(
     (batch_id,) = sim.batch_ids()
     assert first.xcom_pull(task_ids="create") == cleared.xcom_pull(task_ids="create") == batch_id
 
+    # The rendered `recipients` field (stored in the metadata DB, shown in the UI) holds no personal data.
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+
+    rendered = RenderedTaskInstanceFields.get_templated_fields(cleared)
+    assert rendered["recipients"].startswith("<3 recipient(s); not shown")
+    _no_personal_data(rendered)
+
     new_run = _ti(run_dag_test(dag, logical_date=day1 + timedelta(days=1), run_after=run_after + timedelta(seconds=1)))
     assert new_run.run_id != first.run_id
     assert sim.batch_count() == 2 and new_run.xcom_pull(task_ids="create") == sim.batch_ids()[1]

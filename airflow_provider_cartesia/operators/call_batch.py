@@ -49,6 +49,7 @@ GATEWAY_STATUSES = frozenset({502, 504})
 """Create answers from a proxy that may have forwarded the request: the outcome is unknown."""
 DEFAULT_POKE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
+_RECIPIENTS_ATTR = "_cartesia_rendered_recipients"
 VERIFY_DELAY = 5.0
 """Seconds between the two looks for a batch whose create got no usable answer."""
 
@@ -183,7 +184,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         "cartesia_conn_id",
     )
     template_ext: Sequence[str] = (".sql",)
-    template_fields_renderers = {"recipients_sql": "sql", "recipients": "json"}
+    template_fields_renderers = {"recipients_sql": "sql"}
     operator_extra_links = (CallBatchLink(),)
     ui_color = "#d2e3fc"
 
@@ -262,6 +263,23 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
 
     # -- execute ------------------------------------------------------------------------------
 
+    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
+        """Render as usual, then keep the recipients out of Airflow's rendered-fields table.
+
+        Airflow stores every rendered template field in its metadata database and shows it in the
+        UI ("Rendered Template"). Recipients are personal data: the field shows a count instead,
+        and the list itself stays on this task object only.
+        """
+        super().render_template_fields(context, jinja_env)
+        value = self.recipients
+        if value is None:
+            return
+        if not isinstance(value, (str, Mapping)) and isinstance(value, Iterable):
+            value = list(value)
+        self.__dict__[_RECIPIENTS_ATTR] = value
+        count = f"{len(value):,} recipient(s)" if isinstance(value, list) else f"a {type(value).__name__}"
+        self.recipients = f"<{count}; not shown: phone numbers and metadata are personal data>"
+
     def execute(self, context: Context) -> str | list[str]:
         from airflow_provider_cartesia.idempotency import (
             recipients_fingerprint,
@@ -333,7 +351,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
                 _fail(f"recipients_sql: {exc}", exc)
             source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
         else:
-            items = self.recipients
+            items = self.__dict__.get(_RECIPIENTS_ATTR, self.recipients)
             if isinstance(items, str):
                 try:
                     items = json.loads(items)

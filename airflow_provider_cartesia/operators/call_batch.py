@@ -127,7 +127,8 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     a ``metadata`` column (a JSON object) and other columns (each becomes a metadata key). Everything
     is validated before the first request: E.164 numbers, metadata a JSON object of at most 4 KiB, no
     number twice, the option ranges of the API. Errors name rows by position (``recipient #17``) and
-    show at most 4 characters of a number; numbers and metadata never reach logs or XCom.
+    show at most 4 characters of a number; numbers and metadata never reach logs, XCom or the task's
+    rendered-template view (which shows a count).
 
     **More than 5,000 recipients** (the API's maximum) become several batches of balanced size, in
     order, named ``<name> (1/3) [af:…]``, ``<name> (2/3) [af:…]``, ...; a retry creates only the
@@ -136,8 +137,8 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     rather than mixing two lists when they are not.
 
     **Returns** the batch id, or the list of ids when split. XCom ``cartesia_batch_ids`` always holds
-    the list (pushed as soon as it is known, before any wait); ``cartesia_batch_id`` the first id (for
-    the "Cartesia call batch" link).
+    the list (pushed as soon as it is known, before any wait); ``cartesia_batch_id`` the first id, or
+    while waiting the part being waited for (the "Cartesia call batch" link points at it).
 
     **wait_for_completion=True** then waits exactly as
     :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (the same shared code:

@@ -80,6 +80,7 @@ def test_a_templated_table_is_checked_when_rendered(tmp_path: Path, monkeypatch:
     [
         ({"batch_id": "a", "batch_ids": ["b"]}, "not both"),
         ({"batch_id": "a", "updated_since": "2026-01-01T00:00:00+00:00"}, "only when no batch_id"),
+        ({"batch_ids": ["a"], "agent_id": "agent_1"}, "agent_id select batches only when"),
         ({"include_transcript": True}, "include_calls"),
         ({"max_batch_age": timedelta(days=-1)}, "negative"),
         ({"table": "{{ params.t }}", "table_asset": True}, "literal table"),

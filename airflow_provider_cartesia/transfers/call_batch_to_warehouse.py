@@ -113,7 +113,9 @@ class CallBatchToWarehouseOperator(BaseOperator):
     neither, every batch (optionally of ``agent_id``) whose ``last_updated_at`` lies in
     ``[updated_since, updated_before)``, which default to the run's data interval. A batch is thus
     exported by the run whose interval holds its latest change, with its state at export time; see
-    :func:`batches_updated_between` for how far the list is read.
+    :func:`batches_updated_between` for how far the list is read. A data interval of zero length
+    (Airflow 3's default cron timetable gives those) is widened back to the end of the last
+    successful run's interval; with no earlier success, the run fails and says how to set a window.
 
     **Idempotent and atomic per batch.** Each batch's rows are deleted and re-inserted in one
     transaction: a rerun or retry leaves one row per recipient with its latest state, a failure
@@ -179,10 +181,16 @@ class CallBatchToWarehouseOperator(BaseOperator):
     ) -> None:
         if batch_id is not None and batch_ids is not None:
             raise ValueError("Pass batch_id or batch_ids, not both")
-        if (batch_id is not None or batch_ids is not None) and (
-            updated_since is not None or updated_before is not None
-        ):
-            raise ValueError("updated_since/updated_before select batches only when no batch_id or batch_ids is given")
+        by_window = {
+            "updated_since": updated_since,
+            "updated_before": updated_before,
+            "agent_id": agent_id,
+            "max_batch_age": max_batch_age,
+        }
+        if batch_id is not None or batch_ids is not None:
+            given = [name for name, value in by_window.items() if value is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} select batches only when no batch_id or batch_ids is given")
         if include_transcript and not include_calls:
             raise ValueError("include_transcript=True needs include_calls=True")
         if max_batch_age is not None and max_batch_age < timedelta(0):

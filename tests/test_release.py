@@ -5,14 +5,18 @@ sdist breaks the wheel here, not on a user's machine). The wheel is installed in
 venv with uv, the pinned ``constraints.txt`` and compiled bytecode; Airflow in that venv must find
 the provider, its connection type, and every public class.
 
-Marked ``e2e`` (it runs real subprocesses for about 10 s, most of it uv installing Airflow from its
-cache): select it with ``pytest tests/test_release.py`` or ``-m e2e``.
+The build and install tests are marked ``e2e`` (real subprocesses, about 10 s, most of it uv
+installing Airflow from its cache): select them with ``pytest tests/test_release.py`` or ``-m e2e``.
+The documentation checks below them are instant: every error message the provider raises is in
+docs/troubleshooting.md, and every relative link of the README and docs/ resolves.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,8 +28,6 @@ import pytest
 
 from airflow_provider_cartesia import __all__ as PUBLIC_NAMES
 from airflow_provider_cartesia.get_provider_info import VERSION
-
-pytestmark = pytest.mark.e2e
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DIST_NAME = "airflow_provider_cartesia"
@@ -105,6 +107,7 @@ def fresh_venv(
     return venv / "bin", env
 
 
+@pytest.mark.e2e
 def test_sdist_holds_the_project_and_nothing_local(dists: dict[str, Path]) -> None:
     with tarfile.open(dists["sdist"]) as tar:
         names = {name.split("/", 1)[1] for name in tar.getnames() if "/" in name}
@@ -123,6 +126,7 @@ def test_sdist_holds_the_project_and_nothing_local(dists: dict[str, Path]) -> No
     assert not leaked, f"local files in the sdist: {leaked[:10]}"
 
 
+@pytest.mark.e2e
 def test_wheel_holds_the_package_and_the_entry_point(dists: dict[str, Path]) -> None:
     with zipfile.ZipFile(dists["wheel"]) as whl:
         names = set(whl.namelist())
@@ -133,6 +137,7 @@ def test_wheel_holds_the_package_and_the_entry_point(dists: dict[str, Path]) -> 
     assert "provider_info = airflow_provider_cartesia:get_provider_info" in entry_points
 
 
+@pytest.mark.e2e
 def test_airflow_in_a_fresh_venv_finds_the_provider(fresh_venv: tuple[Path, dict[str, str]], tmp_path: Path) -> None:
     bin_dir, env = fresh_venv
     providers = json.loads(_run([str(bin_dir / "airflow"), "providers", "list", "-o", "json"], cwd=tmp_path, env=env))
@@ -146,6 +151,7 @@ def test_airflow_in_a_fresh_venv_finds_the_provider(fresh_venv: tuple[Path, dict
     assert cartesia[0]["class"] == "airflow_provider_cartesia.hooks.cartesia.CartesiaHook"
 
 
+@pytest.mark.e2e
 def test_every_public_class_imports_from_the_installed_wheel(
     fresh_venv: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
@@ -160,3 +166,66 @@ def test_every_public_class_imports_from_the_installed_wheel(
         [str(bin_dir / "python"), "-W", "error::DeprecationWarning", "-c", script, *PUBLIC_NAMES], cwd=tmp_path, env=env
     )
     assert "site-packages" in out
+
+
+# -- documentation -------------------------------------------------------------------------------
+
+_NOT_USER_FACING = {
+    ("AttributeError", "has no attribute"),  # the package's lazy __getattr__, as any module's
+    ("AssertionError", "unreachable: tenacity either returns or re-raises"),
+}
+
+
+def _error_messages() -> list[tuple[str, str, str]]:
+    """``(where, exception, longest literal fragment)`` of every exception the package constructs."""
+
+    def name(func: ast.expr) -> str:
+        return func.id if isinstance(func, ast.Name) else func.attr if isinstance(func, ast.Attribute) else ""
+
+    def literals(node: ast.expr) -> list[str]:
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            return [node.value]
+        if isinstance(node, ast.JoinedStr):
+            return [v.value for v in node.values if isinstance(v, ast.Constant) and isinstance(v.value, str)]
+        if isinstance(node, ast.BinOp):
+            return literals(node.left) + literals(node.right)
+        return []
+
+    found = []
+    package = REPO_ROOT / DIST_NAME
+    for path in sorted(package.rglob("*.py")):
+        if "testing" in path.relative_to(package).parts:
+            continue  # the simulator's own errors are Cartesia's API errors, documented as such
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not node.args:
+                continue
+            kind = name(node.func)
+            if not (kind.endswith(("Error", "Exception", "Timeout")) or kind == "_fail"):
+                continue
+            fragments = [re.sub(r"\s+", " ", t).strip(" .;:'\"(") for t in literals(node.args[0])]
+            fragments = [f for f in fragments if len(f) >= 12]
+            if fragments:
+                found.append((f"{path.relative_to(REPO_ROOT)}:{node.lineno}", kind, max(fragments, key=len)))
+    return found
+
+
+def test_troubleshooting_names_every_error_message() -> None:
+    doc = re.sub(r"\s+", " ", (REPO_ROOT / "docs" / "troubleshooting.md").read_text())
+    messages = _error_messages()
+    assert len(messages) > 50, "the scan found too few messages to be looking in the right place"
+    missing = [m for m in messages if (m[1], m[2]) not in _NOT_USER_FACING and m[2] not in doc]
+    assert not missing, "error messages missing from docs/troubleshooting.md:\n" + "\n".join(map(str, missing))
+
+
+def test_readme_and_docs_links_resolve() -> None:
+    pages = [REPO_ROOT / "README.md", *sorted((REPO_ROOT / "docs").glob("*.md"))]
+    broken = []
+    for page in pages:
+        for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", page.read_text()):
+            if "://" not in target and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(REPO_ROOT)}: {target}")
+    assert not broken, broken
+    linked = set(re.findall(r"\(docs/([\w-]+\.md)\)", (REPO_ROOT / "README.md").read_text()))
+    assert linked >= {p.name for p in (REPO_ROOT / "docs").glob("*.md")}, (
+        "a page of docs/ is not linked from the README"
+    )

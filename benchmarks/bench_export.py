@@ -42,8 +42,8 @@ from _report import write_section
 
 RECIPIENTS = 5000
 SCHEDULED_BATCHES = 100
-WRITE_RUNS = 5
-E2E_RUNS = 5
+WRITE_RUNS = 7
+E2E_RUNS = 7
 POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 CLOCK_START = datetime(2026, 6, 1, 6, 0, tzinfo=timezone.utc)
 WINDOW = (datetime(2026, 6, 1, 10, 0, tzinfo=timezone.utc), datetime(2026, 6, 1, 11, 0, tzinfo=timezone.utc))

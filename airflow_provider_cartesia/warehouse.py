@@ -588,7 +588,16 @@ class WarehouseWriter:
             raise
         except Exception as exc:
             rolled_back = self._rollback()
-            raise _write_error(self.table.name, batch_id, exc, rolled_back) from None
+            error = _write_error(self.table.name, batch_id, exc, rolled_back)
+            self.hook.log.warning(
+                "Write of batch %s to %s failed (%s%s); %s",
+                batch_id,
+                self.table.name,
+                error.kind,
+                f" {error.code}" if error.code else "",
+                "rolled back" if rolled_back else "not committed",
+            )
+            raise error from None
         finally:
             _close_quietly(cur)
         return written

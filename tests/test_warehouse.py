@@ -215,7 +215,9 @@ def test_metadata_round_trips_exactly(engine: Engine) -> None:
     assert json_value(stored[0][0])["emoji"].encode() == HOSTILE_METADATA["emoji"].encode()
 
 
-def test_failure_in_the_middle_leaves_previous_rows(engine: Engine, caplog: pytest.LogCaptureFixture) -> None:
+def test_failure_in_the_middle_leaves_previous_rows(
+    engine: Engine, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     with writer_for(engine) as writer:
         writer.ensure_table()
         writer.replace_batch("acb_x", rows_of(writer, make_batch("acb_x", 40, status="queued")))
@@ -236,9 +238,12 @@ def test_failure_in_the_middle_leaves_previous_rows(engine: Engine, caplog: pyte
     assert error.kind in {"NotNullViolation", "IntegrityError", "OperationalError"}
     assert "acb_x" in str(error) and engine.table in str(error)
     assert error.__cause__ is None and error.__suppress_context__
+    captured = capsys.readouterr()
+    logs = caplog.text + captured.out + captured.err  # Airflow's structlog prints; stdlib logging is captured
+    assert "Write of batch acb_x" in logs and "rolled back" in logs, "the log is captured"
     for leak in (phone(20), "+1415777", "meta-20", "cust_20"):
         assert leak not in str(error)
-        assert leak not in caplog.text
+        assert leak not in logs
     assert engine.rows() == before + engine.rows()[len(before) :]  # acb_x untouched, acb_y appended
     assert engine.count("acb_x") == 40
     assert {s for (s,) in engine.query(f"SELECT status FROM {engine.table} WHERE batch_id = ?", ("acb_x",))} == {

@@ -398,14 +398,20 @@ def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
     return kind, (str(code) if code is not None else None), ", ".join(details)
 
 
-def _write_error(table: TableName, batch_id: str, exc: BaseException, rolled_back: bool) -> CartesiaWarehouseError:
+def _write_error(
+    table: TableName, batch_id: str, exc: BaseException, rolled_back: bool, *, during_commit: bool = False
+) -> CartesiaWarehouseError:
     kind, code, details = describe_db_error(exc)
     what = kind + (f" {code}" if code else "") + (f" ({details})" if details else "")
-    kept = (
-        "the transaction was rolled back and the batch's previous rows are intact"
-        if rolled_back
-        else "the transaction was not committed, so the batch's previous rows are intact"
-    )
+    if during_commit:
+        kept = (
+            "the commit's outcome is unknown, so the table holds either the batch's previous rows or all its "
+            "new ones, never a mix; run the export again"
+        )
+    elif rolled_back:
+        kept = "the transaction was rolled back and the batch's previous rows are intact"
+    else:
+        kept = "the transaction was not committed, so the batch's previous rows are intact"
     return CartesiaWarehouseError(
         f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
         "not shown because it may quote row values (phone numbers, metadata).",
@@ -579,16 +585,18 @@ class WarehouseWriter:
         """
         conn = self.connection
         cur = conn.cursor()
+        committing = False
         try:
             cur.execute(self.table.delete_sql(), (batch_id,))
             written = self._insert(conn, cur, rows)
+            committing = True
             conn.commit()
         except CartesiaError:
             self._rollback()
             raise
         except Exception as exc:
             rolled_back = self._rollback()
-            error = _write_error(self.table.name, batch_id, exc, rolled_back)
+            error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
             self.hook.log.warning(
                 "Write of batch %s to %s failed (%s%s); %s",
                 batch_id,

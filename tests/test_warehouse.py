@@ -271,6 +271,28 @@ def test_connection_killed_mid_write_leaves_previous_rows(engine: Engine) -> Non
     assert engine.query(f"SELECT DISTINCT status FROM {engine.table}") == [("queued",)]
 
 
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_a_failed_commit_is_reported_as_such(engine: Engine) -> None:
+    """A deferred constraint fails at COMMIT: the error says the outcome is unknown, and indeed nothing mixed."""
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_c", rows_of(writer, make_batch("acb_c", 5, status="queued")))
+    function = f"{engine.table}_reject"
+    engine.execute(
+        f"CREATE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+        "IF NEW.status = 'completed' THEN RAISE EXCEPTION 'rejected at commit'; END IF; RETURN NEW; END $$"
+    )
+    engine.drops(f"DROP FUNCTION IF EXISTS {function}() CASCADE")
+    engine.execute(
+        f"CREATE CONSTRAINT TRIGGER {function} AFTER INSERT ON {engine.table} DEFERRABLE INITIALLY DEFERRED "
+        f"FOR EACH ROW EXECUTE FUNCTION {function}()"
+    )
+    with writer_for(engine) as writer, pytest.raises(CartesiaWarehouseError, match="outcome is unknown"):
+        writer.replace_batch("acb_c", rows_of(writer, make_batch("acb_c", 5)))
+    assert engine.query(f"SELECT DISTINCT status FROM {engine.table}") == [("queued",)]
+    assert engine.count("acb_c") == 5
+
+
 def test_readers_never_see_a_half_written_batch(engine: Engine) -> None:
     seen: list[int] = []
     with writer_for(engine, chunk_size=100) as writer:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
@@ -208,7 +210,14 @@ def start_simulator(children: Children, api_key: str) -> str:
 _TASK = re.compile(r"\[DAG TEST\] (starting|end task) task_id=(\w+)")
 _PROGRESS = re.compile(r"(acb_\w+ \w+: [\d,]+ of [\d,]+ calls finished \([\d.]+%\), [\d,]+ dispatched)")
 _RUN_FINISHED = re.compile(r"DagRun Finished: dag_id=\w+, .*?\bstate=(\w+)")
-_DEFERRED = re.compile(r"Pausing task as DEFERRED|task_id=\w+ .*deferred", re.I)
+_DEFERRED = re.compile(r"Pausing task as DEFERRED")
+
+
+def _read_lines(proc: subprocess.Popen[bytes], lines: queue.Queue[bytes | None]) -> None:
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        lines.put(raw)
+    lines.put(None)
 
 
 def run_campaign(children: Children, env: dict[str, str]) -> None:
@@ -216,12 +225,21 @@ def run_campaign(children: Children, env: dict[str, str]) -> None:
     conf = {"agent_id": "agent_demo", "from_number_id": "pn_demo", "campaign_name": "Demo renewal reminders"}
     args = [str(AIRFLOW), "dags", "test", DAG_ID, "--conf", json.dumps(conf)]
     say(f"$ airflow dags test {DAG_ID} --conf '{json.dumps(conf)}'")
+    proc = children.start("airflow dags test", args, env, subprocess.PIPE)
+    lines: queue.Queue[bytes | None] = queue.Queue()
+    threading.Thread(target=_read_lines, args=(proc, lines), daemon=True).start()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    last_progress = 0.0
     with DAGS_TEST_LOG.open("wb") as log:
-        proc = children.start("airflow dags test", args, env, subprocess.PIPE)
-        assert proc.stdout is not None
-        deadline = time.monotonic() + RUN_TIMEOUT
-        last_progress = 0.0
-        for raw in iter(proc.stdout.readline, b""):
+        while True:
+            if time.monotonic() > deadline:
+                raise DemoError(f"the DAG run took more than {RUN_TIMEOUT} s; see {DAGS_TEST_LOG}")
+            try:
+                raw = lines.get(timeout=1.0)
+            except queue.Empty:
+                continue
+            if raw is None:  # end of output
+                break
             log.write(raw)
             line = raw.decode(errors="replace")
             if (task := _TASK.search(line)) is not None:
@@ -231,9 +249,7 @@ def run_campaign(children: Children, env: dict[str, str]) -> None:
             elif (progress := _PROGRESS.search(line)) is not None and time.monotonic() - last_progress >= 2:
                 last_progress = time.monotonic()
                 say(f"    {progress.group(1)}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"the DAG run took more than {RUN_TIMEOUT} s; see {DAGS_TEST_LOG}")
-        proc.wait()
+    proc.wait()
     if proc.returncode != 0:
         raise DemoError(f"`airflow dags test` exited with {proc.returncode}:\n{_errors(DAGS_TEST_LOG)}")
     finished = _RUN_FINISHED.search(DAGS_TEST_LOG.read_text(errors="replace"))

@@ -32,7 +32,7 @@ deadline passed                  :class:`AirflowSensorTimeout` (``soft_fail`` sk
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from datetime import timedelta, timezone
 from functools import cached_property
@@ -417,8 +417,7 @@ class CallBatchWaitMixin(_OperatorBase):
         if summary is not None:
             return summary
         now = time.time()
-        first_delay = backoff_interval(poll_interval, 1, max_wait) if exponential_backoff else poll_interval
-        first_poll_at = now + watch.next_delay(first_delay, now)
+        first_poll_at = now + watch.next_delay(poll_interval, now)
         self.defer_wait(
             batch_id,
             poll_interval=poll_interval,
@@ -477,7 +476,7 @@ class CallBatchWaitMixin(_OperatorBase):
         return self.conclude_wait(verdict)
 
     def wait_in_worker(
-        self, batch_id: str, *, poll_interval: float, timeout: float, sleep: Any = time.sleep
+        self, batch_id: str, *, poll_interval: float, timeout: float, sleep: Callable[[float], None] = time.sleep
     ) -> dict[str, Any]:
         """Poll in this worker until the batch settles or ``timeout`` seconds pass (operators, not sensors)."""
         deadline = time.monotonic() + timeout

@@ -327,6 +327,12 @@ def test_deferrable_first_poke_failure_skips_with_soft_fail(
     hard = CallBatchSensor(task_id="hard", batch_id=batch_id, deferrable=True)
     with pytest.raises(AirflowFailException, match="status 'failed'"):
         hard.execute(_fake_context())
+    # never_fail skips even a spent failure budget, as BaseSensorOperator.execute does in poke mode.
+    never = CallBatchSensor(task_id="never", batch_id=batch_id, deferrable=True, never_fail=True)
+    with pytest.raises(AirflowSkipException):
+        never.execute(_fake_context())
+    with pytest.raises(AirflowSkipException):
+        never.execute_complete({}, {"status": "error", "batch_id": batch_id, "retriable": True})
 
 
 def test_invalid_arguments_fail_at_parse_time() -> None:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,7 @@ from airflow_provider_cartesia.waiting import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SUCCESS_STATUSES,
     MAX_SCHEDULED_LEAD,
+    CallBatchWaitError,
     CallBatchWaitMixin,
     WaitCriteria,
     scheduled_wait,
@@ -94,7 +96,7 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
         CallBatchLink.persist(context, self.batch_id)
         if not self.deferrable:
             return super().execute(context)
-        try:
+        with self._ending_as_a_poke_would():
             return self.poke_then_defer(
                 self.batch_id,
                 poll_interval=self.poke_interval,
@@ -102,9 +104,26 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
                 exponential_backoff=self.exponential_backoff,
                 max_wait=self.max_wait.total_seconds() if self.max_wait else None,
             )
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        with self._ending_as_a_poke_would():
+            return super().execute_complete(context, event)
+
+    @contextmanager
+    def _ending_as_a_poke_would(self) -> Iterator[None]:
+        """Apply ``soft_fail`` and ``never_fail`` as BaseSensorOperator.execute does to a poke's exceptions.
+
+        The deferrable path's first poke runs outside that loop, and Airflow's resume path skips only
+        Airflow exceptions; this keeps every mode alike.
+        """
+        try:
+            yield
         except AirflowFailException as exc:
-            # What BaseSensorOperator.execute does for a poke, so the first poke ends alike in every mode.
             if self.soft_fail or self.never_fail:
+                raise AirflowSkipException(f"Skipping: {exc}") from exc
+            raise
+        except CallBatchWaitError as exc:
+            if self.never_fail:
                 raise AirflowSkipException(f"Skipping: {exc}") from exc
             raise
 

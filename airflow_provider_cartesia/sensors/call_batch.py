@@ -18,7 +18,6 @@ from airflow_provider_cartesia.waiting import (
     DEFAULT_FAILURE_STATUSES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SUCCESS_STATUSES,
-    MAX_SCHEDULED_LEAD,
     CallBatchWaitError,
     CallBatchWaitMixin,
     WaitCriteria,
@@ -27,6 +26,9 @@ from airflow_provider_cartesia.waiting import (
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
+
+RESCHEDULE_RETRY_WAIT = 60.0
+"""In reschedule mode, the longest wait in the worker before polling again after a failed poll."""
 
 
 class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
@@ -128,6 +130,7 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
             raise
 
     def waited_batch_id(self, context: Context) -> str:
+        """The (rendered) ``batch_id``."""
         return self.batch_id
 
     def poke(self, context: Context) -> PokeReturnValue:
@@ -137,7 +140,7 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
             # until one succeeds or max_consecutive_failures is spent, as the other modes would.
             watch = self.batch_watch(self.batch_id)
             while verdict.outcome == "waiting" and watch.consecutive_failures:
-                time.sleep(min(self.poke_interval, MAX_SCHEDULED_LEAD))
+                time.sleep(min(self.poke_interval, RESCHEDULE_RETRY_WAIT))
                 verdict = self.poll_batch(self.batch_id)
         summary = self.conclude_wait(verdict)
         return PokeReturnValue(is_done=summary is not None, xcom_value=summary)

@@ -11,8 +11,11 @@ import os
 import tempfile
 from pathlib import Path
 
-_HOME = Path(tempfile.mkdtemp(prefix="cartesia-airflow-home-"))
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Set once per process: importing this module a second time (as ``tests.conftest``) must not move
+# Airflow to another database under the feet of the one already configured.
+_HOME = Path(os.environ.get("CARTESIA_TEST_AIRFLOW_HOME") or tempfile.mkdtemp(prefix="cartesia-airflow-home-"))
+os.environ["CARTESIA_TEST_AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW_HOME"] = str(_HOME)
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO_ROOT / "example_dags")
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
@@ -22,6 +25,7 @@ os.environ.pop("AIRFLOW_CONN_CARTESIA_DEFAULT", None)
 import pytest  # noqa: E402
 
 from airflow_provider_cartesia.testing import CartesiaSimulator  # noqa: E402
+from tests.helpers import SleepRecorder, cartesia_connection_json  # noqa: E402
 
 pytest_plugins = ["airflow_provider_cartesia.testing.pytest_plugin"]
 
@@ -30,38 +34,11 @@ POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@1
 MYSQL_URI = os.environ.get("CARTESIA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
 
 
-def cartesia_connection_json(sim: CartesiaSimulator, **extra: object) -> str:
-    """An ``AIRFLOW_CONN_*`` value (JSON form) pointing at the simulator."""
-    import json
-
-    return json.dumps(
-        {
-            "conn_type": "cartesia",
-            "host": sim.url,
-            "password": sim.api_key,
-            "extra": {"api_version": "2026-03-01", **extra},
-        }
-    )
-
-
 @pytest.fixture
 def cartesia_conn_id(cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """``cartesia_default`` pointing at a freshly reset simulator."""
     monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_DEFAULT", cartesia_connection_json(cartesia_simulator))
     return "cartesia_default"
-
-
-class SleepRecorder:
-    """Stands in for ``time.sleep`` / ``asyncio.sleep``: records the waits, waits for nothing."""
-
-    def __init__(self) -> None:
-        self.waits: list[float] = []
-
-    def __call__(self, seconds: float) -> None:
-        self.waits.append(seconds)
-
-    async def asleep(self, seconds: float) -> None:
-        self.waits.append(seconds)
 
 
 @pytest.fixture

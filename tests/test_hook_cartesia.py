@@ -28,7 +28,7 @@ from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
 from airflow_provider_cartesia.models import AgentCall, BatchStatus, CallBatch
 from airflow_provider_cartesia.retry import DEFAULT_MAX_RETRIES
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
-from tests.conftest import SleepRecorder, cartesia_connection_json
+from tests.helpers import SleepRecorder, cartesia_connection_json
 
 BATCH_ROUTE = "/agents/calls/batches/*"
 RECIPIENTS = [{"to_number": "+14155550100", "metadata": {"customer": "Zoë", "tier": 2}}]

@@ -37,7 +37,7 @@ from airflow_provider_cartesia.operators.call_batch import (
     CreateCallBatchOperator,
 )
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
-from tests.conftest import SleepRecorder, cartesia_connection_json
+from tests.helpers import SleepRecorder, cartesia_connection_json
 
 BATCHES = "/agents/calls/batches"
 AGENT = "agent_1"

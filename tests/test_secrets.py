@@ -13,7 +13,7 @@ import pytest
 
 from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
-from tests.conftest import SleepRecorder, cartesia_connection_json
+from tests.helpers import SleepRecorder, cartesia_connection_json
 
 PHONE = "+14155550123"
 KEY_FRAGMENT = "sk_car_"

@@ -13,6 +13,7 @@ from airflow_provider_cartesia.exceptions import CartesiaInvalidIdError
 from airflow_provider_cartesia.get_provider_info import get_provider_info
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink, call_batch_url
 from airflow_provider_cartesia.testing import CartesiaSimulator
+from tests.helpers import cartesia_connection_json
 
 
 def test_call_batch_url() -> None:
@@ -67,11 +68,9 @@ def _run_dag_test(dag: DAG) -> Any:
 def test_the_worker_stores_the_link_from_the_connections_dashboard_url(
     airflow_db: None, cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    conn = {"conn_type": "cartesia", "host": cartesia_simulator.url, "password": cartesia_simulator.api_key}
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_CARTESIA_DASH", json.dumps({**conn, "extra": {"dashboard_url": "https://dash.example.com/"}})
-    )
-    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_NOKEY", json.dumps({**conn, "password": None}))
+    dash = cartesia_connection_json(cartesia_simulator, dashboard_url="https://dash.example.com/")
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_DASH", dash)
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_NOKEY", json.dumps({**json.loads(dash), "password": None}))
     with DAG("cartesia_links", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
         PublishesBatch(task_id="with_dashboard", batch_id="acb_123", cartesia_conn_id="cartesia_dash")
         PublishesBatch(task_id="no_batch_yet", batch_id=None, cartesia_conn_id="cartesia_dash")

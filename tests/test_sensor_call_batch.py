@@ -23,6 +23,7 @@ from airflow_provider_cartesia.sensors.call_batch import CallBatchSensor
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault, SimClock
 from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 from airflow_provider_cartesia.waiting import CallBatchWaitError
+from tests.helpers import cartesia_connection_json
 
 TICK = 30.0
 MODES: dict[str, dict[str, Any]] = {
@@ -34,14 +35,10 @@ LONG_CALLS = (100_000.0, 100_001.0)
 SHORT_CALLS = (1.0, 2.0)
 
 
-def _conn_json(sim: CartesiaSimulator, **extra: object) -> str:
-    return json.dumps({"conn_type": "cartesia", "host": sim.url, "password": sim.api_key, "extra": extra})
-
-
 @pytest.fixture
 def noretry_conn(cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch) -> str:
     """A connection whose hook never retries: every injected fault is one failed poll of the sensor."""
-    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_NORETRY", _conn_json(cartesia_simulator, max_retries=0))
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_NORETRY", cartesia_connection_json(cartesia_simulator, max_retries=0))
     return "cartesia_noretry"
 
 
@@ -264,7 +261,7 @@ def test_poke_mode_request_log_one_poll_per_interval_none_before_scheduled_at(
     from airflow.sdk import task
 
     with CartesiaSimulator(clock=SimClock.real(start=datetime.now(timezone.utc))) as sim:
-        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_REALTIME", _conn_json(sim))
+        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_REALTIME", cartesia_connection_json(sim))
         scheduled: dict[str, datetime] = {}
 
         @task

@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_cartesia.testing import CartesiaSimulator
+from tests.helpers import run_dag_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO_ROOT / "example_dags"
@@ -66,23 +67,6 @@ def example_dag(dag_id: str) -> Any:
     bag, _ = load_example_dags()
     assert not bag.import_errors, bag.import_errors
     return bag.dags[dag_id]
-
-
-def run_dag_test(dag: Any, **kwargs: Any) -> Any:
-    """``dag.test()`` once the DAG is serialized in the metadata DB, as the dag-processor writes it
-    (Airflow 3.3's ``dag.test()`` only runs serialized DAGs)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test(**kwargs)
 
 
 def task_states(run: Any) -> dict[str, str]:

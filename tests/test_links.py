@@ -13,7 +13,7 @@ from airflow_provider_cartesia.exceptions import CartesiaInvalidIdError
 from airflow_provider_cartesia.get_provider_info import get_provider_info
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink, call_batch_url
 from airflow_provider_cartesia.testing import CartesiaSimulator
-from tests.helpers import cartesia_connection_json
+from tests.helpers import cartesia_connection_json, run_dag_test
 
 
 def test_call_batch_url() -> None:
@@ -48,22 +48,6 @@ class PublishesBatch(BaseOperator):
             CallBatchLink.persist(context, self.batch_id)
 
 
-def _run_dag_test(dag: DAG) -> Any:
-    """``dag.test()`` once the DAG is in the metadata DB, as the DAG processor writes it (3.3 requires it)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test()
-
-
 @pytest.mark.dagtest
 def test_the_worker_stores_the_link_from_the_connections_dashboard_url(
     airflow_db: None, cartesia_simulator: CartesiaSimulator, monkeypatch: pytest.MonkeyPatch
@@ -76,7 +60,7 @@ def test_the_worker_stores_the_link_from_the_connections_dashboard_url(
         PublishesBatch(task_id="no_batch_yet", batch_id=None, cartesia_conn_id="cartesia_dash")
         PublishesBatch(task_id="unusable_connection", batch_id="acb_123", cartesia_conn_id="cartesia_nokey")
 
-    dr = _run_dag_test(dag)
+    dr = run_dag_test(dag)
 
     tis = {ti.task_id: ti for ti in dr.get_task_instances()}
     assert {t: str(ti.state) for t, ti in tis.items()} == dict.fromkeys(tis, "success")

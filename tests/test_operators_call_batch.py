@@ -37,7 +37,7 @@ from airflow_provider_cartesia.operators.call_batch import (
     CreateCallBatchOperator,
 )
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
-from tests.helpers import SleepRecorder, cartesia_connection_json
+from tests.helpers import SleepRecorder, cartesia_connection_json, run_dag_test
 
 BATCHES = "/agents/calls/batches"
 AGENT = "agent_1"
@@ -610,22 +610,6 @@ def test_cancel_retries_transient_errors_then_succeeds(
 
 
 # -- through dag.test(): a retry, a clear, and waiting in both modes -----------------------------------
-
-
-def run_dag_test(dag: DAG, **kwargs: Any) -> Any:
-    """``dag.test()`` once the DAG is serialized in the metadata DB (a test module is in no DAG bundle)."""
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test(**kwargs)
 
 
 def _dag(dag_id: str, **task_kwargs: Any) -> DAG:

@@ -23,7 +23,7 @@ from airflow_provider_cartesia.sensors.call_batch import CallBatchSensor
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault, SimClock
 from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 from airflow_provider_cartesia.waiting import CallBatchWaitError
-from tests.helpers import cartesia_connection_json
+from tests.helpers import cartesia_connection_json, run_dag_test
 
 TICK = 30.0
 MODES: dict[str, dict[str, Any]] = {
@@ -60,26 +60,6 @@ def _seed(sim: CartesiaSimulator, hook: Any) -> dict[str, str]:
     for name in ("cancelled", "cancelled_soft"):
         hook.cancel_call_batch(ids[name])
     return ids
-
-
-def run_dag_test(dag: DAG) -> Any:
-    """``dag.test()``, once the DAG is in the metadata DB as the DAG processor would have put it.
-
-    On Airflow 3.3 ``dag.test()`` only runs DAGs it finds serialized; a DAG defined in a test module
-    lives in no DAG bundle, so it is written the way the DAG processor writes a parsed file.
-    """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test()
 
 
 def _path(batch_id: str) -> str:

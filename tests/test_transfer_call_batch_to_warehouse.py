@@ -24,6 +24,7 @@ from airflow_provider_cartesia.transfers.call_batch_to_warehouse import (
     warehouse_table_asset,
 )
 from airflow_provider_cartesia.warehouse import parse_table_name
+from tests.helpers import run_dag_test
 
 METADATA = {
     "customer": 'Zoë O\'Brien "the 3rd"',
@@ -437,26 +438,6 @@ def test_lineage_names_the_batches_and_the_table(
 
 
 # -- a real DAG run ---------------------------------------------------------------------------
-
-
-def run_dag_test(dag: Any, logical_date: datetime) -> Any:
-    """``dag.test()`` once the DAG is serialized in the metadata DB, as the DAG processor would write it.
-
-    Airflow 3.3's ``dag.test()`` runs only DAGs it finds serialized, and a DAG defined in a test
-    lives in no DAG bundle.
-    """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test(logical_date=logical_date)
 
 
 @pytest.mark.dagtest

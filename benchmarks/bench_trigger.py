@@ -62,11 +62,7 @@ def serve(conn: Any, latency: float) -> None:
     from datetime import datetime, timezone
 
     from airflow_provider_cartesia.testing import CartesiaSimulator, SimClock
-    from airflow_provider_cartesia.testing.server import SimHTTPServer
 
-    # The stdlib server's listen backlog is 5: when a pool opens 200 connections at once, SYNs are
-    # dropped and retried after 1 s, 3 s, 7 s... An API behind a load balancer accepts them.
-    SimHTTPServer.request_queue_size = 1024
     sim = CartesiaSimulator(clock=SimClock.real(start=datetime.now(timezone.utc)), latency=latency, seed=7).start()
     conn.send({"url": sim.url, "api_key": sim.api_key})
     rng = random.Random(42)

@@ -60,6 +60,9 @@ class _BadRequest(Exception):
 
 
 class SimHTTPServer(ThreadingHTTPServer):
+    # The standard library's listen backlog is 5: a client pool opening hundreds of connections at
+    # once would see SYNs dropped and retried seconds later. An API behind a load balancer accepts them.
+    request_queue_size = 1024
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True

@@ -361,7 +361,7 @@ How to read it:
 - The hook's async path spreads requests over small httpx pools behind a semaphore (`_AsyncPools` in
   `hooks/cartesia.py`). With one httpx pool of 200 connections, as before, the same run managed about
   60 polls/s at 8-15 ms CPU per poll: httpcore 1.0's pool does O(connections²) work per request.
-- The simulator's listen backlog is raised from the standard library's 5 for the run: with 5, a pool
+- The simulator listens with a backlog of 1,024, not the standard library's 5: with 5, a pool
   opening a hundred connections at once loses SYNs, which come back 1, 3 or 7 s later.
 """
     print(body)

@@ -8,8 +8,6 @@ the batches, :mod:`airflow_provider_cartesia.rows` turns each into rows and
 from __future__ import annotations
 
 import ast
-import contextlib
-import gc
 import logging
 import time
 from collections import Counter
@@ -21,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_cartesia.api import cyclic_gc_paused
 from airflow_provider_cartesia.exceptions import (
     CartesiaAuthError,
     CartesiaBadRequestError,
@@ -245,7 +244,7 @@ class CallBatchToWarehouseOperator(BaseOperator):
         with WarehouseWriter(get_warehouse_hook(self.warehouse_conn_id), self.table, columns) as writer:
             added = writer.ensure_table(create=self.create_table, add_missing_columns=self.add_missing_columns)
             for batch_id in batch_ids:
-                with _cyclic_gc_paused():
+                with cyclic_gc_paused():
                     written, batch_statuses, batch_end_reasons = self._export_batch(writer, batch_id)
                 rows_written += written
                 statuses.update(batch_statuses)
@@ -419,24 +418,6 @@ def _check_recipients(batch: CallBatch) -> None:
             f"{batch.total_calls_scheduled:,}",
             f"{len(recipients):,}",
         )
-
-
-@contextlib.contextmanager
-def _cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while one batch is fetched, parsed and written.
-
-    Parsing 5,000 recipients allocates tens of thousands of objects, which sets off full
-    collections; in a worker that imported Airflow each one scans the whole heap (about 100 ms) and
-    frees nothing, since a batch's objects hold no cycles (reference counting frees them). The
-    collector is restored, and runs as usual, between batches.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 def _is_template(value: Any) -> bool:

@@ -4,7 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
-UV := $(shell command -v uv 2>/dev/null)
+# uv when it is on PATH; otherwise the copy `pip install uv` puts next to $(PYTHON).
+UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 
 .PHONY: demo test lint typecheck unit venv sysdeps clean bench
 
@@ -23,9 +24,9 @@ sysdeps:
 
 $(STAMP): pyproject.toml constraints.txt
 	@$(MAKE) --no-print-directory sysdeps
-	@if [ -z "$(UV)" ]; then echo "Installing uv"; $(PYTHON) -m pip install -q uv; fi
-	uv venv -q --allow-existing --python $(PYTHON) $(VENV)
-	uv pip install -q --python $(PY) --compile-bytecode -c constraints.txt -e ".[test]"
+	@$(UV) --version >/dev/null 2>&1 || { echo "Installing uv"; $(PYTHON) -m pip install -q uv; }
+	$(UV) venv -q --allow-existing --python $(PYTHON) $(VENV)
+	$(UV) pip install -q --python $(PY) --compile-bytecode -c constraints.txt -e ".[test]"
 	@touch $@
 
 lint: $(STAMP)

@@ -405,16 +405,19 @@ def test_an_api_failure_after_some_batches_converges_on_retry(
 
     sim = cartesia_simulator
     first, second = quick(sim), quick(sim)
-    sim.inject("GET", f"/agents/calls/batches/{second}", Fault.server_error(503), times=50)
     op = operator(engine, batch_ids=[first, second, first])
     op.hook._sleep = lambda _: None
+    attempts = op.hook.settings.max_retries + 1
+    sim.inject("GET", f"/agents/calls/batches/{second}", Fault.server_error(503), times=attempts)
     with pytest.raises(CartesiaServerError):
         op.execute({})
+    assert sim.pending_faults() == 0, "every attempt of the hook met the outage"
     assert engine.count(first) == 3 and engine.count(second) == 0
-    sim.reset()  # (the retry, after the API recovered) -- reset clears faults but also batches: seed again
-    first, second = quick(sim), quick(sim)
-    summary = operator(engine, batch_ids=[first, second, first]).execute({})
+    sim.clock.advance(600)  # the API recovered, and the first batch's calls ended meanwhile
+    summary = operator(engine, batch_ids=[first, second, first]).execute({})  # the task's retry
     assert summary["batch_ids"] == [first, second] and summary["rows_written"] == 6
+    assert engine.count(first) == 3 and engine.count(second) == 3, "the first batch was replaced, not duplicated"
+    assert engine.query(f"SELECT DISTINCT status FROM {engine.table}") == [("completed",)]
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)

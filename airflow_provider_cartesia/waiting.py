@@ -458,10 +458,11 @@ class CallBatchWaitMixin(_OperatorBase):
     def waited_batch_id(self, context: Context) -> str:
         """The batch this task waits for, when it resumes: the id it published for its extra link.
 
-        (Not a ``defer(kwargs=...)`` value: ``dag.test()`` replaces those with the event on 3.3.)
+        (Not a ``defer(kwargs=...)`` value: ``dag.test()`` replaces those with the event on 3.3.
+        ``map_indexes`` is this instance's own: without it Airflow returns every mapped sibling's id.)
         """
         ti = context["ti"]
-        return str(ti.xcom_pull(task_ids=ti.task_id, key=CALL_BATCH_ID_XCOM_KEY) or "")
+        return str(ti.xcom_pull(task_ids=ti.task_id, key=CALL_BATCH_ID_XCOM_KEY, map_indexes=ti.map_index) or "")
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Resume a deferred wait: validate the event (fail closed), then end as a poke would have."""

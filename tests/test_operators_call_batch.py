@@ -766,3 +766,35 @@ def test_a_deferred_wait_on_a_split_resumes_part_by_part(
         resumed.execute_complete(_context(ti, run_after), {**second, "status": "failed", "message": "failed"})
     with pytest.raises(Exception, match="unknown event status"):
         resumed.execute_complete(_context(ti, run_after), {**second, "status": "done"})
+
+
+@pytest.mark.dagtest
+def test_dag_test_mapped_deferred_waits_each_resume_with_their_own_batch(
+    airflow_db: None, cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator
+) -> None:
+    """Two mapped instances defer, then resume: each finds the batch *it* published, not its sibling's."""
+    sim = cartesia_simulator
+    sim.outcomes = {"completed": 1.0}
+    sim.call_seconds = (100.0, 120.0)
+    sim.clock.tick_per_request = 30.0
+    lists = [RECIPIENTS[:2], RECIPIENTS[2:]]
+    with DAG("cartesia_create_mapped_wait", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+        CreateCallBatchOperator.partial(
+            task_id="create",
+            name="Spring",
+            agent_id=AGENT,
+            from_number_id="pn_1",
+            wait_for_completion=True,
+            deferrable=True,
+            poke_interval=0.05,
+            timeout=60,
+        ).expand(recipients=lists)
+
+    dr = run_dag_test(dag, run_after=sim.clock.now() - timedelta(minutes=1))
+
+    tis = sorted(dr.get_task_instances(), key=lambda t: t.map_index)
+    assert [str(ti.state) for ti in tis] == ["success", "success"]
+    ids = [ti.xcom_pull(task_ids="create", map_indexes=ti.map_index) for ti in tis]
+    assert sorted(ids) == sorted(sim.batch_ids()) and len(set(ids)) == 2
+    summaries = [ti.xcom_pull(task_ids="create", key="cartesia_batch_summary", map_indexes=ti.map_index) for ti in tis]
+    assert [s["batch_id"] for s in summaries] == ids

@@ -220,13 +220,15 @@ class WaitingOperator(CallBatchWaitMixin, BaseOperator):
 class _TI:
     def __init__(self) -> None:
         self.task_id = "create"
+        self.map_index = -1
         self.xcom: dict[str, Any] = {}
 
     def xcom_push(self, key: str, value: Any) -> None:
         self.xcom[key] = value
 
-    def xcom_pull(self, task_ids: str, key: str) -> Any:
-        assert task_ids == self.task_id
+    def xcom_pull(self, task_ids: str, key: str, map_indexes: int | None = None) -> Any:
+        # Airflow returns every mapped instance's value unless map_indexes names this one.
+        assert task_ids == self.task_id and map_indexes == self.map_index, "only its own XComs"
         return self.xcom.get(key)
 
 

@@ -347,6 +347,8 @@ def test_no_recipients_can_skip(
         ({"recipients": None, "recipients_sql": "SELECT 1"}, "recipients_sql needs warehouse_conn_id"),
         ({"poke_interval": 0}, "poke_interval must be positive"),
         ({"wait_for": "done"}, "wait_for must be one of"),
+        ({"success_statuses": "completed"}, "success_statuses must be a list of statuses"),
+        ({"failure_statuses": "failed"}, "failure_statuses must be a list of statuses"),
     ],
 )
 def test_bad_options_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], expected: str) -> None:

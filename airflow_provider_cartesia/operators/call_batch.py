@@ -252,12 +252,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         self.deferrable = deferrable
         self.poke_interval = _seconds("poke_interval", poke_interval)
         self.timeout = _seconds("timeout", timeout)
-        self.wait_criteria = WaitCriteria(
-            wait_for=wait_for,
-            success_statuses=tuple(success_statuses),
-            failure_statuses=tuple(failure_statuses),
-            max_consecutive_failures=max_consecutive_failures,
-        )
+        self.wait_criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses, max_consecutive_failures)
         self.cancel_on_kill = cancel_on_kill
         self._sleep = time.sleep
         self._batch_ids: list[str] = []

@@ -350,6 +350,116 @@ def test_create_is_retried_when_it_provably_never_left(
 
 
 @pytest.fixture
+def tls_server(tmp_path):  # type: ignore[no-untyped-def]
+    """An HTTPS server on 127.0.0.1 that reads each request whole, then answers with bytes that are not TLS.
+
+    Its self-signed certificate is written to ``tmp_path / "cert.pem"``. Yields ``(url, request_lines)``.
+    """
+    import ipaddress
+    import socket
+    import ssl
+    import threading
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(days=1))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+        .sign(key, hashes.SHA256())
+    )
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    listener = socket.create_server(("127.0.0.1", 0))
+    requests_seen: list[bytes] = []
+
+    def serve() -> None:
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return  # closed at teardown
+            try:
+                with context.wrap_socket(raw, server_side=True) as conn:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        data += conn.recv(65536)
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(
+                        next(
+                            (h.split(b":")[1] for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")),
+                            0,
+                        )
+                    )
+                    while len(body) < length:
+                        body += conn.recv(65536)
+                    requests_seen.append(head.split(b"\r\n")[0])
+                    socket.socket.send(conn, b"\x00 not a TLS record \r\n" * 4)  # past TLS, on the raw socket
+            except (OSError, ssl.SSLError):
+                continue  # a client that refused our certificate
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield f"https://127.0.0.1:{listener.getsockname()[1]}", requests_seen
+    listener.close()
+
+
+def _tls_hook(url: str, monkeypatch: pytest.MonkeyPatch, sleeps: SleepRecorder) -> CartesiaHook:
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_CARTESIA_TLS", json.dumps({"conn_type": "cartesia", "host": url, "password": "sk_car_k"})
+    )
+    hook = CartesiaHook("cartesia_tls", max_retries=2)
+    hook._sleep = sleeps
+    return hook
+
+
+def test_create_is_never_resent_after_a_tls_error_in_the_answer(
+    tls_server, tmp_path, monkeypatch: pytest.MonkeyPatch, sleeps: SleepRecorder
+):
+    """The handshake succeeded and the request was sent; the answer is not TLS. Cartesia may have the batch."""
+    url, seen = tls_server
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "cert.pem"))
+    hook = _tls_hook(url, monkeypatch, sleeps)
+    with pytest.raises(CartesiaCreateOutcomeUnknownError, match="TLS error") as info:
+        _create(hook)
+    assert info.value.sent
+    assert seen == [b"POST /agents/calls/batches HTTP/1.1"] and sleeps.waits == []
+    with pytest.raises(CartesiaTransportError, match="TLS error"):
+        hook.get_call_batch("acb_1")
+    assert len(seen) == 1 + 3, "a read is retried as usual"
+
+
+def test_create_is_retried_when_the_certificate_is_refused(
+    tls_server, monkeypatch: pytest.MonkeyPatch, sleeps: SleepRecorder
+):
+    """An untrusted certificate ends the handshake before the request is written: nothing left this machine."""
+    url, seen = tls_server
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE", raising=False)
+    monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+    hook = _tls_hook(url, monkeypatch, sleeps)
+    with pytest.raises(CartesiaTransportError, match=r"TLS handshake failed \(certificate refused\)") as info:
+        _create(hook)
+    assert not isinstance(info.value, CartesiaCreateOutcomeUnknownError) and info.value.sent is False
+    assert seen == [] and len(sleeps.waits) == 2
+
+
+@pytest.fixture
 def unused_tcp_port() -> int:
     import socket
 

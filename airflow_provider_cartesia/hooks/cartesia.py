@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -181,12 +182,18 @@ class CartesiaHook(BaseHook):
             what = f"no response within the {settings.read_timeout:g} s read timeout"
             raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
         except requests.exceptions.SSLError as exc:
-            raise _transport_error(
-                settings, method, path, exc, "TLS handshake failed", sent=False, idempotent=True
-            ) from exc
+            # A refused certificate ends the handshake before the request is written. Any other TLS
+            # error may come after the request was sent (a corrupt record in the answer).
+            reason = _urllib3_reason(exc)
+            not_sent = bool(reason and reason.args and isinstance(reason.args[0], ssl.SSLCertVerificationError))
+            what = (
+                "TLS handshake failed (certificate refused)"
+                if not_sent
+                else "TLS error (the request may have been sent)"
+            )
+            raise _transport_error(settings, method, path, exc, what, sent=not not_sent, idempotent=idempotent) from exc
         except requests.exceptions.ConnectionError as exc:
-            reason = getattr(exc.args[0], "reason", None) if exc.args else None
-            not_sent = isinstance(reason, (NewConnectionError, NameResolutionError))
+            not_sent = isinstance(_urllib3_reason(exc), (NewConnectionError, NameResolutionError))
             what = "could not connect" if not_sent else "the connection dropped before a response arrived"
             raise _transport_error(settings, method, path, exc, what, sent=not not_sent, idempotent=idempotent) from exc
         except requests.exceptions.RequestException as exc:
@@ -431,6 +438,12 @@ class CartesiaHook(BaseHook):
         except (CartesiaConfigError, CartesiaAPIError, CartesiaError) as exc:
             return False, str(exc)
         return True, f"Connected to Cartesia at {settings.base_url} (API version {settings.api_version})."
+
+
+def _urllib3_reason(exc: BaseException) -> BaseException | None:
+    """The urllib3 error behind a requests exception (requests wraps it in a ``MaxRetryError``)."""
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return reason if isinstance(reason, BaseException) else None
 
 
 def _retry_wait(state: Any) -> float:

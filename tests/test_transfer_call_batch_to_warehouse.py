@@ -357,6 +357,28 @@ def test_unknown_batch_fails_at_once_and_writes_nothing(
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("field", ["batch_id", "batch_ids"])
+def test_ids_that_render_to_none_fail_instead_of_exporting_the_window(
+    field: str, engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    from airflow.sdk.exceptions import AirflowFailException
+
+    operator(engine, batch_id=quick(cartesia_simulator)).execute({})
+    quick(cartesia_simulator)  # a second batch, updated inside the window
+    requests_before = len(cartesia_simulator.requests)
+    op = operator(engine, **{field: "{{ ti.xcom_pull(task_ids='create', key='never_pushed') }}"})
+    setattr(op, field, None)  # what rendering an XCom that was never pushed leaves
+    window = {
+        "data_interval_start": datetime(2000, 1, 1, tzinfo=timezone.utc),
+        "data_interval_end": datetime.now(timezone.utc),
+    }
+    with pytest.raises(AirflowFailException, match="rendered to None"):
+        op.execute(window)  # type: ignore[arg-type]
+    assert engine.count() == 3, "only the first export's rows"
+    assert len(cartesia_simulator.requests) == requests_before, "nothing was even listed"
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
 def test_an_answer_without_recipients_never_erases_the_rows(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:

@@ -206,6 +206,9 @@ class CallBatchToWarehouseOperator(BaseOperator):
         self.table = table
         self.batch_id = batch_id
         self.batch_ids = batch_ids
+        # Remembered before rendering: ids that render to None (an upstream XCom that was never pushed)
+        # must fail, not quietly widen the export to every batch updated in the data interval.
+        self._selects_by_id = batch_id is not None or batch_ids is not None
         self.agent_id = agent_id
         self.updated_since = updated_since
         self.updated_before = updated_before
@@ -310,6 +313,11 @@ class CallBatchToWarehouseOperator(BaseOperator):
             return [batch_id], None
         if self.batch_ids is not None:
             return _parse_batch_ids(self.batch_ids), None
+        if self._selects_by_id:
+            raise AirflowFailException(
+                "batch_id/batch_ids rendered to None (an upstream XCom that was never pushed?); refusing to "
+                "export every batch updated in the data interval instead. Check the task that provides the ids"
+            )
         since, before = self._window(context)
         if since > before:
             raise AirflowFailException(f"updated_since ({since.isoformat()}) is after updated_before ({before})")

@@ -257,8 +257,8 @@ def describe_error_body(body: bytes, content_type: str | None, secrets: Iterable
     if "html" in (content_type or "").lower() or text[:1] == "<":
         match = _HTML_TITLE.search(text)
         page = match.group(1) if match else _TAGS.sub(" ", text)
-        page = _SPACES.sub(" ", page).strip()[:120] or "an HTML page"
-        parts["message"] = f"an HTML page instead of a Cartesia error (a proxy or wrong host?): {redact(page, secrets)}"
+        page = redact(_SPACES.sub(" ", page).strip(), secrets)[:120] or "an HTML page"
+        parts["message"] = f"an HTML page instead of a Cartesia error (a proxy or wrong host?): {page}"
         return parts
     if ": " in text and "\n" not in text[:200]:
         title, _, message = text.partition(": ")

@@ -94,6 +94,13 @@ def test_html_body_is_reduced_to_its_title():
     assert parts["message"] == "an HTML page instead of a Cartesia error (a proxy or wrong host?): 502 Bad Gateway"
 
 
+def test_an_html_title_is_redacted_before_it_is_cut():
+    secret = "proxy-key-0123456789abcdefghijklmnopqrstuvwxyz"
+    html = f"<title>{'a' * 100} {secret} called +14155550100</title>".encode()
+    message = describe_error_body(html, "text/html", [secret])["message"] or ""
+    assert message.endswith(f"{'a' * 100} *** called <phone>")
+
+
 def test_long_bodies_are_cut():
     parts = describe_error_body(b"z" * 10_000, "text/plain")
     assert parts["message"] is not None and len(parts["message"]) == 300

@@ -393,6 +393,11 @@ def test_an_answer_without_recipients_never_erases_the_rows(
     with pytest.raises(CartesiaResponseError, match="without its recipients"):
         operator(engine, batch_id=batch_id).execute({})
     assert engine.count(batch_id) == 3
+    bare = {"id": batch_id, "recipients": []}  # no counters either: still not a reason to erase
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=bare))
+    with pytest.raises(CartesiaResponseError, match="without its recipients"):
+        operator(engine, batch_id=batch_id).execute({})
+    assert engine.count(batch_id) == 3
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)

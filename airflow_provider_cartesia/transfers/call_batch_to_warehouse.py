@@ -409,9 +409,13 @@ def table_dataset(
 
 
 def _check_recipients(batch: CallBatch) -> None:
-    """Refuse to replace a batch's rows with nothing when the answer lacks its recipients."""
+    """Refuse to replace a batch's rows with nothing when the answer lacks its recipients.
+
+    A batch always has at least one recipient (the API refuses an empty create), so an empty list is
+    as wrong as a missing one.
+    """
     recipients = batch.recipients
-    if recipients is None or (not recipients and batch.total_calls_scheduled):
+    if not recipients:
         raise CartesiaResponseError(
             f"the batch came without its recipients ({batch.total_calls_scheduled:,} scheduled); its rows were "
             "left as they were",

@@ -29,10 +29,8 @@ from airflow_provider_cartesia.api import (
     settings_from_connection,
 )
 from airflow_provider_cartesia.exceptions import (
-    CartesiaAPIError,
     CartesiaAuthError,
     CartesiaBadRequestError,
-    CartesiaConfigError,
     CartesiaCreateOutcomeUnknownError,
     CartesiaError,
     CartesiaTransportError,
@@ -435,7 +433,7 @@ class CartesiaHook(BaseHook):
             )
         except CartesiaTransportError as exc:
             return False, f"Could not reach Cartesia: {exc}"
-        except (CartesiaConfigError, CartesiaAPIError, CartesiaError) as exc:
+        except CartesiaError as exc:  # an unusable connection, or any other API error
             return False, str(exc)
         return True, f"Connected to Cartesia at {settings.base_url} (API version {settings.api_version})."
 

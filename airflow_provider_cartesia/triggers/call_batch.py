@@ -45,8 +45,8 @@ class CallBatchTrigger(BaseTrigger):
 
     Polls start exactly ``poll_interval`` seconds apart (a poll slower than that is followed at once by
     the next). A batch whose ``scheduled_at`` lies ahead is next polled ``min(poll_interval, 60 s)``
-    before that time. Rebuilt from :meth:`serialize` (a triggerer restart), it polls at once and keeps
-    the same absolute deadline.
+    before that time. Rebuilt from :meth:`serialize` (a triggerer restart), it polls at once (or at
+    ``first_poll_at``, while that is still ahead) and keeps the same absolute deadline.
 
     :param batch_id: the call batch (``acb_...``).
     :param cartesia_conn_id: the Airflow connection; only its id is stored, never the key.

@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -128,8 +128,7 @@ def scan_for_tagged(
     """
     result = ScanResult()
     wanted: set[int] = set(until_found[2]) if until_found else set()
-    iterator: Iterator[CallBatch] = iter(batches)
-    for batch in iterator:
+    for batch in batches:
         created = batch.created_at
         if not_before is not None and created is not None:
             if created.tzinfo is None:

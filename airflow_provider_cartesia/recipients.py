@@ -105,7 +105,7 @@ def validate_recipients(
             what = "is missing" if number is None else f"must be text, got a {type(number).__name__}"
             problems.append(f"{where}: to_number {what}")
             continue
-        if not E164.match(number):
+        if not E164.fullmatch(number):
             problems.append(
                 f"{where}: to_number is not E.164 ({mask_number(number)}): "
                 "+ and a country code, 2 to 15 digits, no spaces"

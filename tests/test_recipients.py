@@ -63,6 +63,7 @@ def test_valid_recipients_come_back_as_the_api_takes_them() -> None:
         ({"to_number": "+0415555010"}, "recipient #2: to_number is not E.164 (+041…)"),
         ({"to_number": "+1415555010012345"}, "recipient #2: to_number is not E.164 (+141…)"),
         ({"to_number": "+1 415 555 0100"}, "recipient #2: to_number is not E.164 (+1 4…)"),
+        ({"to_number": "+14155550199\n"}, "recipient #2: to_number is not E.164 (+141…)"),
         ({"to_number": 14155550100}, "recipient #2: to_number must be text, got a int"),
         ({"metadata": {}}, "recipient #2: to_number is missing"),
         ({"to_number": NUMBER, "name": "Bo"}, "recipient #2: unknown field(s) name; put extra fields in metadata"),

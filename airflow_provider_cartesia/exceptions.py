@@ -173,13 +173,19 @@ class CartesiaTransportError(CartesiaAPIError):
 
 
 class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
-    """A create request may have reached Cartesia but no answer came back.
+    """A request that dials (creating or retrying a batch) may have reached Cartesia, but no answer came back.
 
-    The API has no idempotency key, so resending could dial every recipient twice. The request is
-    not resent; look the batch up by name (newest first) before creating it again.
+    The API has no idempotency key, so resending could dial recipients twice. The request is not
+    resent; look the batch up (by name, newest first, for a create) before sending it again.
     """
 
     def hint(self) -> str:
+        if self.path and self.path.endswith("/retry"):
+            return (
+                "The batch's failed recipients may have been re-queued. It was not sent again, because Cartesia "
+                "has no idempotency key and a second retry could dial recipients twice: get the batch and check "
+                "its retry_count before retrying it again"
+            )
         return (
             "The batch may have been created. It was not sent again, because Cartesia has no idempotency "
             "key and a second create would dial every recipient twice: list the batches (newest first) "

@@ -57,6 +57,9 @@ class CallStatus:
     TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
+MAX_RECIPIENTS_PER_BATCH = 5000
+"""Most recipients one call batch takes (the API refuses more; older API versions took 1,000)."""
+
 WaitFor = Literal["finished", "dispatched"]
 BatchOutcome = Literal["waiting", "success", "failure"]
 

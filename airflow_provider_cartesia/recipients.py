@@ -10,7 +10,7 @@ most the first four characters of a number (``+141…``), never a whole phone nu
 - :func:`recipients_from_rows`: rows of a SQL query (a ``to_number`` column, optionally a
   ``metadata`` column holding a JSON object, every other column a metadata key) as recipients.
 - :func:`load_recipients_from_sql`: run the query on an Airflow SQL connection and do the above.
-- :func:`split_recipients`: more than :data:`MAX_BATCH_RECIPIENTS` recipients become several
+- :func:`split_recipients`: more than :data:`MAX_RECIPIENTS_PER_BATCH` recipients become several
   batches of balanced size, in the given order (5,001 → 2,501 + 2,500).
 """
 
@@ -25,9 +25,10 @@ from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
+
 E164 = re.compile(r"^\+[1-9]\d{1,14}$")
 """A destination number as the API takes it: ``+``, a country code and at most 15 digits in all."""
-MAX_BATCH_RECIPIENTS = 5000
 """Most recipients one create request may carry (``AgentCallBatchRequest.recipients.maxItems``)."""
 MAX_METADATA_BYTES = 4096
 """Largest per-recipient metadata, as compact UTF-8 JSON. Cartesia does not document its limit (it
@@ -136,7 +137,7 @@ def validate_recipients(
     return out
 
 
-def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_BATCH_RECIPIENTS) -> list[list[Any]]:
+def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_RECIPIENTS_PER_BATCH) -> list[list[Any]]:
     """``items`` in as few batches as the limit allows, of balanced sizes, order kept.
 
     5,000 recipients stay one batch; 5,001 become 2,501 + 2,500; 12,000 become 3 batches of 4,000.

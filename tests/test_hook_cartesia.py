@@ -157,6 +157,24 @@ def test_cancel_and_retry_call_batch(hook: CartesiaHook, cartesia_simulator: Car
         hook.retry_call_batch(other)
 
 
+@pytest.mark.parametrize("fault", [Fault.server_error(503), Fault(drop_after_processing=True)])
+def test_retry_call_batch_redials_so_it_is_sent_once(
+    fault: Fault, hook: CartesiaHook, cartesia_simulator: CartesiaSimulator, sleeps: SleepRecorder
+):
+    batch_id = cartesia_simulator.seed_batch(recipients=3, outcomes={"no_answer": 1.0}, dispatch_interval=1)
+    cartesia_simulator.clock.advance(10_000)
+    retry_route = "/agents/calls/batches/*/retry"
+    cartesia_simulator.inject("POST", retry_route, fault)
+    with pytest.raises(CartesiaAPIError) as info:
+        hook.retry_call_batch(batch_id)
+    assert cartesia_simulator.count("POST", retry_route) == 1
+    assert sleeps.waits == []
+    if fault.drop_after_processing:
+        assert isinstance(info.value, CartesiaCreateOutcomeUnknownError)
+        assert "check its retry_count" in str(info.value)
+        assert cartesia_simulator.batch(batch_id)["retry_count"] == 1
+
+
 def test_list_agent_calls_and_get_agent_call(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
     batch_id = cartesia_simulator.seed_batch(recipients=5, outcomes={"completed": 1.0}, dispatch_interval=1)
     cartesia_simulator.clock.advance(10_000)

@@ -10,9 +10,8 @@ from uuid import UUID
 
 import pytest
 
-from airflow_provider_cartesia.hooks.cartesia import MAX_RECIPIENTS
+from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
 from airflow_provider_cartesia.recipients import (
-    MAX_BATCH_RECIPIENTS,
     MAX_METADATA_BYTES,
     InvalidRecipientsError,
     mask_number,
@@ -28,8 +27,8 @@ def _r(number: str = NUMBER, **metadata: Any) -> dict[str, Any]:
     return {"to_number": number, "metadata": metadata} if metadata else {"to_number": number}
 
 
-def test_the_batch_limit_is_the_hooks() -> None:
-    assert MAX_BATCH_RECIPIENTS == MAX_RECIPIENTS == 5000
+def test_the_batch_limit_is_the_apis() -> None:
+    assert MAX_RECIPIENTS_PER_BATCH == 5000
 
 
 @pytest.mark.parametrize(

@@ -307,6 +307,7 @@ def _recipients(*items: dict[str, Any]) -> list[dict[str, Any]]:
         (_mutate(recipients=[{"to_number": "+1415555000"}] * 5001), "5000"),
         (_mutate(recipients=_recipients({"to_number": "14155550000"})), "E.164"),
         (_mutate(recipients=_recipients({"to_number": "+04155550000"})), "E.164"),
+        (_mutate(recipients=_recipients({"to_number": "+14155550000\n"})), "E.164"),
         (_mutate(recipients=_recipients({"metadata": {}})), "to_number"),
         (_mutate(recipients=_recipients({"to_number": "+14155550000", "metadata": [1]})), "metadata"),
         (_mutate(recipients=_recipients({"to_number": "+14155550000", "metadata": {"x": "y" * 4100}})), "4096"),

@@ -40,7 +40,13 @@ from airflow_provider_cartesia.get_provider_info import (
     DEFAULT_CONN_ID,
     SUPPORTED_API_VERSIONS,
 )
-from airflow_provider_cartesia.models import AgentCall, AgentCallPage, CallBatch, CallBatchPage
+from airflow_provider_cartesia.models import (
+    MAX_RECIPIENTS_PER_BATCH,
+    AgentCall,
+    AgentCallPage,
+    CallBatch,
+    CallBatchPage,
+)
 from airflow_provider_cartesia.retry import retry_delay, should_retry
 
 if TYPE_CHECKING:
@@ -56,7 +62,6 @@ BATCH_RETRY = "/agents/calls/batches/{batch_id}/retry"
 CALLS = "/agents/calls"
 CALL = "/agents/calls/{call_id}"
 MAX_PAGE_SIZE = 100
-MAX_RECIPIENTS = 5000
 
 # Every hook on an event loop (every trigger of a triggerer) shares that loop's connections, so a
 # thousand waiting batches reuse keep-alive connections instead of opening one each. See _AsyncPools.
@@ -342,9 +347,9 @@ class CartesiaHook(BaseHook):
             ``max_call_duration_minutes``, ``scheduled_at`` (aware datetime or RFC 3339), ``region``.
         """
         items = [dict(r) for r in recipients]
-        if not 1 <= len(items) <= MAX_RECIPIENTS:
+        if not 1 <= len(items) <= MAX_RECIPIENTS_PER_BATCH:
             raise CartesiaBadRequestError(
-                f"a batch takes 1 to {MAX_RECIPIENTS:,} recipients, got {len(items):,}",
+                f"a batch takes 1 to {MAX_RECIPIENTS_PER_BATCH:,} recipients, got {len(items):,}",
                 method="POST",
                 path=BATCHES,
                 conn_id=self.cartesia_conn_id,
@@ -358,8 +363,13 @@ class CartesiaHook(BaseHook):
         return self._call(CallBatch, "POST", api_path(BATCH_CANCEL, batch_id=batch_id))
 
     def retry_call_batch(self, batch_id: str) -> CallBatch:
-        """Re-queue recipients whose latest attempt failed or went unanswered (not for cancelled batches)."""
-        return self._call(CallBatch, "POST", api_path(BATCH_RETRY, batch_id=batch_id))
+        """Re-queue recipients whose latest attempt failed or went unanswered (not for cancelled batches).
+
+        It dials again, so like a create it is sent once: a resend after a lost answer could re-dial
+        recipients whose new attempt already failed. Without an answer,
+        :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` is raised.
+        """
+        return self._call(CallBatch, "POST", api_path(BATCH_RETRY, batch_id=batch_id), idempotent=False)
 
     # -- agent calls ---------------------------------------------------------------------------
 

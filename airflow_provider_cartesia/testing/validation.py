@@ -67,7 +67,7 @@ def _destinations(body: dict[str, Any], key: str, maximum: int | None) -> list[t
         if not isinstance(item, dict):
             raise ValidationError(f"{where} must be an object")
         number = item.get("to_number")
-        if not isinstance(number, str) or not E164.match(number):
+        if not isinstance(number, str) or not E164.fullmatch(number):
             raise ValidationError(f"{where}.to_number is missing or not an E.164 number (e.g. +14155559876)")
         metadata = item.get("metadata")
         if metadata is not None:

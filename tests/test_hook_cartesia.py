@@ -677,6 +677,15 @@ def test_async_timeout_and_malformed_body(cartesia_simulator: CartesiaSimulator,
         asyncio.run(hook.aget_call_batch(batch_id))
 
 
+def test_async_pools_of_closed_event_loops_are_dropped(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
+    from airflow_provider_cartesia.hooks import cartesia as module
+
+    batch_id = cartesia_simulator.seed_batch(recipients=1)
+    for _ in range(3):
+        asyncio.run(hook.aget_call_batch(batch_id))
+    assert len(module._ASYNC_POOLS) == 1, "only the last loop's pools remain"
+
+
 def test_async_hostile_id_is_refused(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
     with pytest.raises(CartesiaInvalidIdError):
         asyncio.run(hook.aget_call_batch("../agents"))

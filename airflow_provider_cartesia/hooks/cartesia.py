@@ -548,5 +548,8 @@ def _async_pools() -> _AsyncPools:
     loop = asyncio.get_running_loop()
     pools = _ASYNC_POOLS.get(loop)
     if pools is None:
+        # The pools hold their loop (connections, semaphore), so a closed loop's entry is dropped here.
+        for closed in [other for other in _ASYNC_POOLS if other.is_closed()]:
+            del _ASYNC_POOLS[closed]
         pools = _ASYNC_POOLS[loop] = _AsyncPools()
     return pools

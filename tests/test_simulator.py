@@ -26,6 +26,7 @@ pytest_plugins = ["pytester"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSION = "2026-03-01"
 BATCHES = "/agents/calls/batches"
+CALLS = "/agents/calls"
 START = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
@@ -343,11 +344,56 @@ def test_create_accepts_limits_at_their_bounds(sim: CartesiaSimulator, client: C
     body = batch_body(1, target_concurrency_limit=20, ringing_timeout_seconds=80, max_call_duration_minutes=480)
     body["recipients"][0]["metadata"] = {"x": "y" * 4000}
     body["region"] = "EU"
+    body["from_number_id"] = "pn_sip_trunk_1"
     created = client.post(BATCHES, json=body)
     assert created.status_code == 201, created.text
     assert (created.json()["target_concurrency_limit"], created.json()["region"]) == (20, "EU")
     default = client.post(BATCHES, json=batch_body(1)).json()
     assert (default["target_concurrency_limit"], default["region"]) == (10, "US")  # half the org limit
+
+
+@pytest.mark.parametrize("number_id", ["pn_1", "pn_twilio_1"])
+def test_region_is_refused_for_numbers_that_are_not_sip_trunks(sim: CartesiaSimulator, client: Client, number_id):
+    error = assert_error(client.post(BATCHES, json=batch_body(1, from_number_id=number_id, region="EU")), 400)
+    assert "SIP-trunk" in error["message"] and "omit it" in error["message"]
+    assert sim.batch_count() == 0
+    with pytest.raises(ValueError, match="SIP-trunk"):
+        sim.seed_batch(from_number_id=number_id, region="EU")
+
+
+def test_region_is_accepted_for_sip_trunk_numbers_and_otherwise_comes_from_the_account(
+    sim: CartesiaSimulator, client: Client
+):
+    sim.sip_trunk_number_ids.add("pn_trunk")
+    sim.telephony_region = "APAC"
+    trunk = client.post(BATCHES, json=batch_body(1, from_number_id="pn_trunk", region="EU"))
+    assert trunk.status_code == 201, trunk.text
+    assert trunk.json()["region"] == "EU"
+    omitted = client.post(BATCHES, json=batch_body(1, from_number_id="pn_1")).json()
+    assert omitted["region"] == "APAC", "an omitted region is the telephony account's, not a fixed US"
+    assert sim.batch(sim.seed_batch(from_number_id="pn_sip_2", region="US"))["region"] == "US"
+    # the calls say which telephony account placed them
+    sim.clock.advance(600)
+    calls = client.get(CALLS, params={"batch_id": trunk.json()["id"]}).json()["data"]
+    assert {c["telephony_account_type"] for c in calls} == {"sip_trunk"}
+    calls = client.get(CALLS, params={"batch_id": omitted["id"]}).json()["data"]
+    assert {c["telephony_account_type"] for c in calls} == {"cartesia"}
+    sim.reset()
+    assert (sim.sip_trunk_number_ids, sim.telephony_region) == (set(), "US")
+
+
+def test_metadata_limit_is_a_setting(sim: CartesiaSimulator, client: Client):
+    big = batch_body(1)
+    big["recipients"][0]["metadata"] = {"x": "y" * 5000}
+    assert "4096" in assert_error(client.post(BATCHES, json=big), 400)["message"]
+    sim.metadata_max_bytes = 100
+    small = batch_body(1)
+    small["recipients"][0]["metadata"] = {"x": "y" * 200}
+    assert "at most 100" in assert_error(client.post(BATCHES, json=small), 400)["message"]
+    sim.metadata_max_bytes = None
+    assert client.post(BATCHES, json=big).status_code == 201
+    sim.reset()
+    assert sim.metadata_max_bytes == 4096
 
 
 def test_create_refuses_bad_json_and_unknown_agents_or_numbers(sim: CartesiaSimulator, client: Client):

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -1052,6 +1054,9 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
         assert line, f"the CLI exited early: {process.stderr.read() if process.stderr else ''}"
         if line.startswith("Serving"):
             return process, lines
+        if line.startswith("export "):
+            lines["export"] = line.strip()
+            continue
         key, _, value = line.partition(": ")
         lines[key] = value.strip()
 
@@ -1063,7 +1068,7 @@ def test_cli_serves_and_stops_cleanly_on_signals(stop_signal: signal.Signals):
     try:
         url, batch_id = lines["URL"], lines["Seeded batch"].split()[0]
         assert url.startswith("http://127.0.0.1:")
-        assert lines["API key"] == "the value of --api-key"
+        assert lines["API key"] == secret
         headers = {"Authorization": f"Bearer {secret}", "Cartesia-Version": VERSION}
         body = requests.get(f"{url}{BATCHES}/{batch_id}", headers=headers, timeout=5).json()
         assert len(body["recipients"]) == 3
@@ -1076,15 +1081,42 @@ def test_cli_serves_and_stops_cleanly_on_signals(stop_signal: signal.Signals):
     assert process.returncode == 0
     assert err == "", "no traceback, no log noise"
     assert out.strip().endswith("Stopped.")
-    assert secret not in out
-    assert secret not in "".join(lines.values())
 
 
-def test_cli_default_key_is_not_printed():
-    process, lines = _start_cli()
-    process.terminate()
-    out, err = process.communicate(timeout=10)
+def test_cli_prints_a_connection_line_that_works_as_pasted(monkeypatch: pytest.MonkeyPatch):
+    """Paste the printed line into a shell, then use the connection through the hook."""
+    process, lines = _start_cli("--scenario", "fails")
+    try:
+        assert lines["API key"] == DEFAULT_API_KEY
+        export = lines["export"]
+        exported = subprocess.run(
+            ["bash", "-c", f"{export} && printf %s \"$AIRFLOW_CONN_CARTESIA_DEFAULT\""],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        conn = json.loads(exported.stdout)
+        assert (conn["conn_type"], conn["host"], conn["password"]) == ("cartesia", lines["URL"], DEFAULT_API_KEY)
+        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_DEFAULT", exported.stdout)
+        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+        batch = CartesiaHook().get_call_batch(lines["Scenario fails"])
+        assert batch.name == "Scenario: fails" and batch.total_calls_scheduled == 10
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
     assert process.returncode == 0
-    assert err == ""
-    assert DEFAULT_API_KEY not in out + "".join(lines.values())
-    assert "built-in test key" in lines["API key"]
+
+
+def test_cli_help_explains_every_scenario():
+    from airflow_provider_cartesia.testing.scenarios import SCENARIOS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cartesia.testing", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for name in SCENARIOS:
+        assert re.search(rf"^  {re.escape(name)} +\w", out, re.MULTILINE), f"--help does not explain {name}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cartesia.testing", "--scenario", "nope"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr

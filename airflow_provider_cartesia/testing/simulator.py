@@ -15,6 +15,7 @@ Only the standard library is imported.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from datetime import datetime
@@ -255,6 +256,25 @@ class CartesiaSimulator:
                 telephony_account_type=self._api.telephony_account_type(from_number_id),
             )
             return batch.id
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch now, as ``POST .../cancel`` would (no HTTP); returns the batch. KeyError if unknown."""
+        with self._api.lock:
+            batch = self._api.state.batches[batch_id]
+            now = truncate_ms(self.clock.now())
+            self._api.state.cancel_batch(batch, now)
+            return batch_json(batch, now, with_recipients=False)
+
+    def connection_json(self, api_version: str = "2026-03-01", **extra: Any) -> str:
+        """The value of an ``AIRFLOW_CONN_<ID>`` variable (JSON form) for a ``cartesia`` connection here."""
+        return json.dumps(
+            {
+                "conn_type": "cartesia",
+                "host": self.url,
+                "password": self.api_key,
+                "extra": {"api_version": api_version, **extra},
+            }
+        )
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """What ``GET /agents/calls/batches/{batch_id}`` would return now. KeyError if unknown."""

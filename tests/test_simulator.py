@@ -1023,6 +1023,28 @@ def test_fixture_fails_a_test_whose_simulator_broke(pytester: pytest.Pytester):
     result.stdout.fnmatch_lines(["*simulator raised 1 error*boom*"])
 
 
+def test_cartesia_connection_fixture_points_airflow_at_the_simulator_for_one_test(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        """
+        import os
+
+        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+
+        def test_three_lines(cartesia_connection, cartesia_simulator):
+            batch_id = cartesia_simulator.seed_batch(recipients=2)
+            assert CartesiaHook(cartesia_connection).get_call_batch(batch_id).total_calls_scheduled == 2
+            assert cartesia_simulator.count("GET", "/agents/calls/batches/*") == 1
+
+
+        def test_undone_afterwards():
+            assert "AIRFLOW_CONN_CARTESIA_DEFAULT" not in os.environ
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "airflow_provider_cartesia.testing.pytest_plugin")
+    result.assert_outcomes(passed=2)
+
+
 def test_big_batch_of_5000_recipients_is_fast(sim: CartesiaSimulator, client: Client):
     created = client.post(BATCHES, json=batch_body(5000))
     assert created.status_code == 201

@@ -1110,6 +1110,9 @@ def test_cli_prints_a_connection_line_that_works_as_pasted(monkeypatch: pytest.M
     process, lines = _start_cli("--scenario", "fails")
     try:
         assert lines["API key"] == DEFAULT_API_KEY
+        headers = {"Authorization": f"Bearer {lines['API key']}", "Cartesia-Version": VERSION}
+        listed = requests.get(f"{lines['URL']}{BATCHES}", headers=headers, timeout=5)
+        assert listed.status_code == 200 and [b["id"] for b in listed.json()["data"]] == [lines["Scenario fails"]]
         export = lines["export"]
         exported = subprocess.run(
             ["bash", "-c", f"{export} && printf %s \"$AIRFLOW_CONN_CARTESIA_DEFAULT\""],

@@ -450,5 +450,7 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
     assert not left, f"processes left behind: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}"
     print(
         f"e2e celery: ready {ready - started:.1f} s, four runs {phase_one - ready:.1f} s, "
-        f"retry converged {converged - killed_at:.1f} s after the kill, total {time.monotonic() - started:.1f} s"
+        f"{lost_name} killed with {blocked['rows_written']} of {KILL_BATCH_SIZE} rows in its open COPY, "
+        f"retry converged on {survivor} {converged - killed_at:.1f} s after the kill, "
+        f"total {time.monotonic() - started:.1f} s"
     )

@@ -4,7 +4,8 @@ api-server, scheduler, dag-processor, triggerer and two ``airflow celery worker`
 log-server ports and pid files of their own), each its own process; PostgreSQL holds the metadata, the
 Celery results and the warehouse (databases of the test's own, dropped after); the machine's Redis is
 the broker (a database number of the test's own, flushed after). The simulator runs inside the test on
-a manual clock, so batches settle after a number of polls, however slowly the services run.
+a manual clock, so batches settle after a number of polls, however slowly the services run. The
+workers share this machine, so each reports a hostname of its own (``[core] hostname_callable``).
 
 1. Four runs of ``cartesia_wait_and_export`` at once, each on a batch of its own: every sensor deferred
    and its trigger ran in the triggerer (a trigger log named after a ``TriggererJob``, with the batch's
@@ -24,6 +25,7 @@ Every process is stopped at the end, and none is left (checked in teardown too, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -91,10 +93,16 @@ class CeleryDeployment:
     fernet_key: str
     workers: dict[str, Service] = field(default_factory=dict)
 
-    def dump_on_failure(self) -> None:
-        print(self.processes.describe(), file=sys.stderr)
-        for log in sorted(self.airflow_home.glob("logs/dag_id=*/**/*.log*")):
-            print(f"--- {log}\n{tail(log, 40)}", file=sys.stderr)
+    @contextlib.contextmanager
+    def diagnosed(self) -> Iterator[None]:
+        """On any failure inside, print every service's and task's last log lines."""
+        try:
+            yield
+        except BaseException:
+            print(self.processes.describe(), file=sys.stderr)
+            for log in sorted(self.airflow_home.glob("logs/dag_id=*/**/*.log*")):
+                print(f"--- {log}\n{tail(log, 40)}", file=sys.stderr)
+            raise
 
 
 @pytest.fixture(scope="module")
@@ -297,7 +305,7 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
     deployment = celery_deployment
     api, processes, sim = deployment.api, deployment.processes, deployment.simulator
     batches = {sim.seed_batch(name=f"E2E batch {n}", recipients=n): n for n in BATCH_SIZES}
-    try:
+    with deployment.diagnosed():
         _wait_until_ready(deployment)
         ready = time.monotonic()
         api.unpause(DAG_ID)
@@ -322,9 +330,6 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
         run_states = wait_for("the four runs to finish", all_finished, timeout=240, interval=0.3)
         tis = {run_id: api.task_instances(DAG_ID, run_id) for run_id in runs}
         phase_one = time.monotonic()
-    except BaseException:
-        deployment.dump_on_failure()
-        raise
 
     task_states = {run_id: {t: ti["state"] for t, ti in by_task.items()} for run_id, by_task in tis.items()}
     assert set(run_states.values()) == {"success"}, f"runs: {run_states}; tasks: {task_states}"
@@ -375,38 +380,41 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
     )
     recipients = _recipient_ids(sim, kill_batch)
     blocker = psycopg.connect(deployment.warehouse_dsn)
-    try:
-        # An uncommitted row with the last recipient's key: the export's COPY waits for it, mid-write.
-        blocker.execute(f"INSERT INTO {TABLE} (batch_id, recipient_id) VALUES (%s, %s)", (kill_batch, recipients[-1]))
-        run_id = api.trigger(DAG_ID, {"batch_id": kill_batch})
+    with deployment.diagnosed():
+        try:
+            # An uncommitted row with the last recipient's key: the export's COPY waits for it, mid-write.
+            blocker.execute(
+                f"INSERT INTO {TABLE} (batch_id, recipient_id) VALUES (%s, %s)", (kill_batch, recipients[-1])
+            )
+            run_id = api.trigger(DAG_ID, {"batch_id": kill_batch})
 
-        def export_blocked() -> dict[str, Any] | None:
-            processes.check_alive()
-            return _blocked_copy(deployment.metadata_dsn, deployment.warehouse_db)
+            def export_blocked() -> dict[str, Any] | None:
+                processes.check_alive()
+                return _blocked_copy(deployment.metadata_dsn, deployment.warehouse_db)
 
-        blocked = wait_for("the export to block mid-write", export_blocked, timeout=180, interval=0.3)
-        assert blocked["rows_written"] > 0, f"the export had written nothing yet: {blocked}"
-        export_ti = api.task_instances(DAG_ID, run_id)[EXPORT_TASK]
-        assert export_ti["state"] == "running" and export_ti["try_number"] == 1, export_ti
-        lost_name = export_ti["hostname"]
-        assert lost_name in WORKERS, export_ti
-        client = wait_for(
-            "the process holding the export's connection",
-            lambda: _process_with_local_port(blocked["client_port"]),
-            timeout=10,
-        )
-        owner = processes.owner_of(client)
-        assert owner is deployment.workers[lost_name], f"pid {client} belongs to {owner and owner.name}"
+            blocked = wait_for("the export to block mid-write", export_blocked, timeout=180, interval=0.3)
+            assert blocked["rows_written"] > 0, f"the export had written nothing yet: {blocked}"
+            export_ti = api.task_instances(DAG_ID, run_id)[EXPORT_TASK]
+            assert export_ti["state"] == "running" and export_ti["try_number"] == 1, export_ti
+            lost_name = export_ti["hostname"]
+            assert lost_name in WORKERS, export_ti
+            client = wait_for(
+                "the process holding the export's connection",
+                lambda: _process_with_local_port(blocked["client_port"]),
+                timeout=10,
+            )
+            owner = processes.owner_of(client)
+            assert owner is deployment.workers[lost_name], f"pid {client} belongs to {owner and owner.name}"
 
-        killed = processes.kill_tree(owner)
-        assert client in killed
-    finally:
-        blocker.rollback()
-        blocker.close()
+            killed = processes.kill_tree(owner)
+            assert client in killed
+        finally:
+            blocker.rollback()
+            blocker.close()
     survivor = next(name for name in WORKERS if name != lost_name)
     killed_at = time.monotonic()
 
-    try:
+    with deployment.diagnosed():
 
         def run_finished() -> dict[str, Any] | None:
             processes.check_alive()
@@ -415,9 +423,6 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
 
         run = wait_for(f"run {run_id} to finish after the worker was lost", run_finished, timeout=240, interval=0.5)
         tries = api.task_instance_tries(DAG_ID, run_id, EXPORT_TASK)
-    except BaseException:
-        deployment.dump_on_failure()
-        raise
     converged = time.monotonic()
     assert run["state"] == "success", f"run {run_id} ended {run['state']}: {api.task_instances(DAG_ID, run_id)}"
     assert [(t["try_number"], t["hostname"], t["state"]) for t in tries] == [
@@ -450,7 +455,7 @@ def test_celery_workers_wait_export_and_survive_a_worker_lost_mid_write(
     assert not left, f"processes left behind: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}"
     print(
         f"e2e celery: ready {ready - started:.1f} s, four runs {phase_one - ready:.1f} s, "
-        f"{lost_name} killed with {blocked['rows_written']} of {KILL_BATCH_SIZE} rows in its open COPY, "
+        f"{lost_name} killed with its COPY at row {blocked['rows_written']} of {KILL_BATCH_SIZE}, "
         f"retry converged on {survivor} {converged - killed_at:.1f} s after the kill, "
         f"total {time.monotonic() - started:.1f} s"
     )

@@ -23,6 +23,9 @@ CARTESIA_CONN_ID = "cartesia_default"
 WAREHOUSE_CONN_ID = "cartesia_warehouse"
 # How often to look at the batch while its calls run (the demo sets CARTESIA_POKE_INTERVAL=1).
 POKE_INTERVAL = float(os.environ.get("CARTESIA_POKE_INTERVAL", "60"))
+# A task whose worker is lost (or that fails on a passing error) is tried again after a minute:
+# a retried create_batch re-attaches to its batch, the export replaces the batch's rows.
+RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=float(os.environ.get("CARTESIA_RETRY_DELAY", "60")))}
 
 # One recipient per row: a `to_number` column (E.164); every other column goes into the call's metadata,
 # which the agent can use and which comes back in the export.
@@ -39,6 +42,7 @@ ORDER BY customer_id
     schedule=None,
     catchup=False,
     tags=["cartesia", "example"],
+    default_args=RETRIES,
     params={
         "agent_id": Param(type="string", description="The Cartesia agent that makes the calls."),
         "from_number_id": Param(type="string", description="The phone number id the calls come from."),

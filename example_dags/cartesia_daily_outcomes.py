@@ -30,6 +30,8 @@ WAREHOUSE_CONN_ID = "cartesia_warehouse"
     catchup=False,  # past days: use `airflow backfill create` (above)
     max_active_runs=1,
     tags=["cartesia", "example"],
+    # A lost worker or a passing failure: the export is tried again (it replaces the rows it wrote).
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=5)},
 )
 def cartesia_daily_outcomes() -> None:
     # No batch id: the operator exports every batch updated in [data_interval_start, data_interval_end).

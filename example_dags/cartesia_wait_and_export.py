@@ -23,6 +23,9 @@ WAREHOUSE_CONN_ID = "cartesia_warehouse"
 # How often to look at the batch. Campaigns run for minutes to hours: once a minute is plenty.
 # (The demo and the end-to-end test set CARTESIA_POKE_INTERVAL=1 to run in seconds.)
 POKE_INTERVAL = float(os.environ.get("CARTESIA_POKE_INTERVAL", "60"))
+# A task whose worker is lost (or that fails on a passing error) is tried again after a minute.
+# Both tasks are safe to retry: the wait starts over, the export replaces the batch's rows.
+RETRIES = {"retries": 2, "retry_delay": timedelta(seconds=float(os.environ.get("CARTESIA_RETRY_DELAY", "60")))}
 
 
 @dag(
@@ -30,6 +33,7 @@ POKE_INTERVAL = float(os.environ.get("CARTESIA_POKE_INTERVAL", "60"))
     schedule=None,
     catchup=False,
     tags=["cartesia", "example"],
+    default_args=RETRIES,
     params={
         "batch_id": Param(type="string", pattern="^acb_", description="The call batch to wait for (acb_...)."),
     },

@@ -13,6 +13,13 @@ passwords file, and no log server (``--skip-serve-logs``: they bind every interf
 reads the task and trigger logs from the shared folder instead).
 
 :class:`AirflowApi` is a small client of the REST API (``POST /auth/token``, then bearer tokens).
+
+For the CeleryExecutor: :func:`redis_database` claims a Redis database number of the run's own (and
+flushes it after), :func:`celery_settings` points the executor and workers at it and at a result
+backend, :func:`worker_hostname` lets each worker report a hostname of its own (they share one
+machine), and :meth:`Processes.kill_tree` loses a worker the way a machine is lost: every process of
+its tree at once, with SIGKILL. :func:`find_in_database` and :func:`find_in_files` look for a secret
+everywhere a run leaves data.
 """
 
 from __future__ import annotations
@@ -80,6 +87,8 @@ class Service:
     popen: subprocess.Popen[bytes]
     log_path: Path
     grace: float
+    killed: bool = False
+    """Killed on purpose by :meth:`Processes.kill_tree`: :meth:`Processes.check_alive` expects it dead."""
 
     @property
     def pid(self) -> int:
@@ -88,8 +97,17 @@ class Service:
     def running(self) -> bool:
         return self.popen.poll() is None
 
+    def tree(self) -> list[psutil.Process]:
+        """The service's process and every live descendant (task processes included)."""
+        try:
+            root = psutil.Process(self.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
     def describe(self) -> str:
         state = "running" if self.running() else f"exited with {self.popen.returncode}"
+        state += " (killed by the test)" if self.killed else ""
         return f"--- {self.name} (pid {self.pid}, {state}), last lines of {self.log_path}:\n{tail(self.log_path)}"
 
 
@@ -132,9 +150,43 @@ class Processes:
 
     def check_alive(self) -> None:
         """RuntimeError naming any service that has exited (with its log), so a test fails fast."""
-        dead = [s for s in self.services if not s.running()]
+        dead = [s for s in self.services if not s.running() and not s.killed]
         if dead:
             raise RuntimeError("service(s) exited early:\n" + "\n".join(s.describe() for s in dead))
+
+    def owner_of(self, pid: int) -> Service | None:
+        """The service whose process tree holds ``pid``, if any."""
+        for service in self.services:
+            if pid in {proc.pid for proc in service.tree()}:
+                return service
+        return None
+
+    def kill_tree(self, service: Service, timeout: float = 30.0) -> list[int]:
+        """Lose ``service`` like a crashed machine: SIGKILL its whole process tree at once; returns the pids.
+
+        The tree is frozen first (SIGSTOP), so nothing it forks meanwhile escapes, then killed; the call
+        returns once every one of those processes is gone.
+        """
+        frozen: dict[int, psutil.Process] = {}
+        while True:
+            new = [proc for proc in service.tree() if proc.pid not in frozen]
+            if not new:
+                break
+            for proc in new:
+                with contextlib.suppress(psutil.Error):
+                    proc.suspend()
+                frozen[proc.pid] = proc
+        service.killed = True
+        for proc in frozen.values():
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            service.popen.wait(timeout=timeout)
+        _, alive = psutil.wait_procs(list(frozen.values()), timeout=timeout)
+        alive = [p for p in alive if _lives(p)]
+        if alive:
+            raise RuntimeError(f"processes of {service.name} survived SIGKILL: {[p.pid for p in alive]}")
+        return sorted(frozen)
 
     def _tree(self) -> list[psutil.Process]:
         """Every live process of the run: the services, their descendants, and anything with the tag."""
@@ -191,6 +243,13 @@ class Processes:
             except psutil.Error:
                 continue
         return left
+
+
+def _lives(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def airflow_environment(
@@ -311,6 +370,11 @@ class AirflowApi:
         items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {ti["task_id"]: ti for ti in items}
 
+    def task_instance_tries(self, dag_id: str, run_id: str, task_id: str) -> list[dict[str, Any]]:
+        """Every try of a task instance (its history, then the current try), oldest first."""
+        items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")["task_instances"]
+        return sorted(items, key=lambda ti: int(ti["try_number"]))
+
 
 @contextlib.contextmanager
 def postgres_database(server_uri: str, prefix: str = "cartesia_e2e") -> Iterator[str]:
@@ -334,3 +398,130 @@ def database_uri(server_uri: str, database: str, driver: str = "postgresql+psyco
 
     parts = urlsplit(server_uri)
     return urlunsplit((driver, parts.netloc, f"/{database}", parts.query, ""))
+
+
+def triggerer_job_ids(dsn: str) -> set[int]:
+    """Ids of the ``TriggererJob`` rows of the metadata database at ``dsn`` (a libpq URI)."""
+    import psycopg
+
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT id FROM job WHERE job_type = 'TriggererJob'").fetchall()
+    return {int(row[0]) for row in rows}
+
+
+# -- CeleryExecutor ---------------------------------------------------------------------------------
+
+REDIS_CLAIM_KEY = "cartesia-e2e:claimed-by"
+WORKER_HOSTNAME_VARIABLE = "CARTESIA_E2E_HOSTNAME"
+
+
+@contextlib.contextmanager
+def redis_database(server_url: str, numbers: Sequence[int] = tuple(range(8, 16))) -> Iterator[str]:
+    """A Redis database number of the run's own, flushed at the end; yields its URL (the broker's).
+
+    A database is claimed with an atomic ``SET NX`` of a marker key, and kept only if it holds
+    nothing else, so parallel runs (and anyone else's data) are never shared or flushed.
+    """
+    import redis
+
+    claim = f"e2e-{secrets.token_hex(8)}"
+    base = server_url.rstrip("/")
+    for number in numbers:
+        client = redis.Redis.from_url(f"{base}/{number}", socket_timeout=10)
+        if client.set(REDIS_CLAIM_KEY, claim, nx=True, ex=6 * 3600):
+            if client.dbsize() == 1:
+                break
+            client.delete(REDIS_CLAIM_KEY)  # someone else's data is there: leave it alone
+        client.close()
+    else:
+        raise RuntimeError(f"no empty Redis database among {list(numbers)} on {server_url}; flush a stale one")
+    try:
+        yield f"{base}/{number}"
+    finally:
+        client.flushdb()
+        client.close()
+
+
+def celery_settings(
+    *, broker_url: str, result_backend: str, concurrency: int = 2, heartbeat_timeout: int = 20
+) -> dict[str, str]:
+    """Environment of every component for the CeleryExecutor (see docs/deploying.md).
+
+    A worker lost with its task processes sends no more task heartbeats: the scheduler fails the try
+    after ``heartbeat_timeout`` seconds (the default is 300) and the task's retries take over.
+    """
+    return {
+        "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
+        "AIRFLOW__CELERY__BROKER_URL": broker_url,
+        "AIRFLOW__CELERY__RESULT_BACKEND": result_backend,
+        "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(concurrency),
+        # Redis redelivers an unacknowledged task after this; longer than any run of the test.
+        "AIRFLOW__CELERY_BROKER_TRANSPORT_OPTIONS__VISIBILITY_TIMEOUT": "21600",
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(heartbeat_timeout),
+        "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+        "AIRFLOW__WORKERS__MIN_HEARTBEAT_INTERVAL": "2",
+    }
+
+
+def worker_hostname() -> str:
+    """``[core] hostname_callable`` of the test's Celery workers: the name in their environment.
+
+    The workers share one machine, so the default (its FQDN) would not tell them apart in a task
+    instance's ``hostname``.
+    """
+    return os.environ.get(WORKER_HOSTNAME_VARIABLE) or socket.getfqdn()
+
+
+# -- where a secret could have been left ------------------------------------------------------------
+
+
+def _forms(needle: str) -> tuple[bytes, bytes]:
+    """The needle as bytes, and as the hex PostgreSQL prints ``bytea`` in."""
+    raw = needle.encode()
+    return raw, raw.hex().encode()
+
+
+def find_in_database(dsn: str, needles: Sequence[str]) -> dict[str, set[str]]:
+    """For each needle, the tables of the database at ``dsn`` holding it in some row (every column of
+    every row of every table read as text; ``bytea`` values are also searched in hex)."""
+    import psycopg
+    from psycopg import sql
+
+    found: dict[str, set[str]] = {needle: set() for needle in needles}
+    forms = {needle: _forms(needle) for needle in needles}
+    with psycopg.connect(dsn) as conn:
+        tables = [
+            (schema, name)
+            for schema, name in conn.execute(
+                "SELECT table_schema, table_name FROM information_schema.tables "
+                "WHERE table_type = 'BASE TABLE' AND table_schema NOT IN ('pg_catalog', 'information_schema')"
+            ).fetchall()
+        ]
+        for schema, name in tables:
+            query = sql.SQL("SELECT CAST(t AS text) FROM {}.{} AS t").format(
+                sql.Identifier(schema), sql.Identifier(name)
+            )
+            for (text,) in conn.execute(query):
+                data = (text or "").encode().lower()
+                for needle, (raw, hexed) in forms.items():
+                    if raw.lower() in data or hexed in data:
+                        found[needle].add(name)
+    return found
+
+
+def find_in_files(root: Path, needles: Sequence[str]) -> tuple[dict[str, set[Path]], int]:
+    """For each needle, the files under ``root`` that hold it; and how many files were read."""
+    found: dict[str, set[Path]] = {needle: set() for needle in needles}
+    read = 0
+    for path in root.rglob("*"):
+        if not path.is_file() or path.is_symlink():
+            continue
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        read += 1
+        for needle in needles:
+            if needle.encode() in data:
+                found[needle].add(path)
+    return found, read

@@ -518,3 +518,67 @@ def test_dag_test_exports_from_xcom_and_on_schedule(
     assert exported == {by_id, in_window}
     xcom = tis["export_window"].xcom_pull(task_ids="export_window")
     assert xcom["batch_ids"] == [in_window] and xcom["rows_written"] == 3
+
+
+def _task_failure_text(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    captured = capsys.readouterr()
+    return captured.out + captured.err + caplog.text
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("schedule", ["none", "cron_trigger"])
+def test_a_manual_run_without_ids_says_there_is_no_window(
+    schedule: str,
+    engine: Engine,
+    cartesia_conn_id: str,
+    airflow_db: None,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manual run's data interval is one instant, and Airflow 3.3 hands the previous success over as a
+    lazy proxy around None: the documented message, not an AttributeError."""
+    from airflow.sdk import DAG, CronTriggerTimetable
+
+    timetable = CronTriggerTimetable("@daily", timezone="UTC") if schedule == "cron_trigger" else None
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with DAG(f"cartesia_export_manual_{schedule}", schedule=timetable, start_date=start, catchup=False) as dag:
+        CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=CONN_ID, table=engine.table)
+    run = run_dag_test(dag)
+    assert str(run.state) in ("failed", "DagRunState.FAILED")
+    text = _task_failure_text(capsys, caplog)
+    assert "This run's data interval is a single instant" in text
+    assert "AttributeError" not in text and "no attribute" not in text
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_manual_runs_continue_from_the_last_successful_run(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, airflow_db: None
+) -> None:
+    """The second run reads prev_data_interval_end_success (a lazy proxy around a datetime) as its window's start."""
+    from airflow.sdk import DAG
+
+    sim = cartesia_simulator
+    t1 = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    t2 = t1 + timedelta(hours=1)
+    before = quick(sim, created_at=t1 - timedelta(minutes=30))
+    between = quick(sim, created_at=t1 + timedelta(minutes=10))
+    quick(sim, created_at=t2 + timedelta(minutes=10))
+    sim.clock.advance_to(t2 + timedelta(minutes=30))
+    start = t1 - timedelta(days=1)
+    with DAG("cartesia_export_manual_chain", schedule=None, start_date=start, catchup=False) as dag:
+        CallBatchToWarehouseOperator(
+            task_id="export",
+            warehouse_conn_id=CONN_ID,
+            table=engine.table,
+            updated_since="{{ dag_run.conf.get('since', '') }}",
+        )
+    first = run_dag_test(dag, logical_date=t1, run_conf={"since": (t1 - timedelta(hours=1)).isoformat()})
+    assert str(first.state) in ("success", "DagRunState.SUCCESS")
+    assert first.get_task_instance("export").xcom_pull(task_ids="export")["batch_ids"] == [before]
+    second = run_dag_test(dag, logical_date=t2)
+    assert str(second.state) in ("success", "DagRunState.SUCCESS")
+    xcom = second.get_task_instance("export").xcom_pull(task_ids="export")
+    assert xcom["window"] == {"updated_since": t1.isoformat(), "updated_before": t2.isoformat()}
+    assert xcom["batch_ids"] == [between]

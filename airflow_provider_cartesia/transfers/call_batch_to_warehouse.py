@@ -11,7 +11,7 @@ import ast
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -342,10 +342,12 @@ class CallBatchToWarehouseOperator(BaseOperator):
         """
         since = _as_aware(self.updated_since, "updated_since")
         before = _as_aware(self.updated_before, "updated_before")
-        start = _as_aware(context.get("data_interval_start"), "data_interval_start")
-        end = _as_aware(context.get("data_interval_end"), "data_interval_end")
+        start = _as_aware(context_value(context, "data_interval_start"), "data_interval_start")
+        end = _as_aware(context_value(context, "data_interval_end"), "data_interval_end")
         if since is None and start is not None and start == end:
-            previous = _as_aware(context.get("prev_data_interval_end_success"), "prev_data_interval_end_success")
+            previous = _as_aware(
+                context_value(context, "prev_data_interval_end_success"), "prev_data_interval_end_success"
+            )
             if previous is None or previous >= start:
                 raise AirflowFailException(
                     f"This run's data interval is a single instant ({start.isoformat()}; Airflow 3's default cron "
@@ -455,7 +457,14 @@ def _parse_batch_ids(value: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def _as_aware(value: datetime | str | None, what: str) -> datetime | None:
+def context_value(context: Context | Mapping[str, Any], key: str) -> Any:
+    """``context[key]`` itself, or None: Airflow 3.3 hands some values over as lazy proxies, and a proxy
+    around None is not None."""
+    value = context.get(key)
+    return None if value is None else getattr(value, "__wrapped__", value)
+
+
+def _as_aware(value: Any, what: str) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -463,6 +472,8 @@ def _as_aware(value: datetime | str | None, what: str) -> datetime | None:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise AirflowFailException(f"{what} {value!r} is not an ISO 8601 date-time") from None
+    if not isinstance(value, datetime):
+        raise AirflowFailException(f"{what} must be a date-time, got {type(value).__name__}")
     if value.tzinfo is None:
         raise AirflowFailException(f"{what} must carry a time zone (e.g. 2026-06-01T00:00:00+00:00)")
     return value.astimezone(timezone.utc)

@@ -190,23 +190,46 @@ def engine_profile(dialect_name: str | None) -> EngineProfile:
 def get_warehouse_hook(conn_id: str) -> DbApiHook:
     """The DB-API hook of Airflow connection ``conn_id`` (any common-sql hook).
 
-    A ``sqlite`` connection works without ``apache-airflow-providers-sqlite``: a minimal SQLite hook
-    (the connection's host is the database file's absolute path) stands in when that provider is
-    not installed.
+    SQLite needs no provider: a minimal SQLite hook (the connection's host is the database file's
+    absolute path) stands in for a ``sqlite`` connection when ``apache-airflow-providers-sqlite`` is
+    not installed, and for a ``generic`` one whose host is an absolute path (what the CLI and the UI
+    store for ``--conn-type sqlite`` without that provider).
     """
     from airflow.providers.common.sql.hooks.sql import DbApiHook
     from airflow.sdk import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
-    if conn.conn_type == "sqlite" and not _sqlite_provider_installed():
+    if is_sqlite_connection(conn.conn_type, conn.host, conn.port) and (
+        conn.conn_type == "generic" or not _sqlite_provider_installed()
+    ):
         return _embedded_sqlite_hook_class()(conn_id)
-    hook = conn.get_hook()
+    try:
+        hook = conn.get_hook()
+    except Exception as exc:  # unknown type, provider missing or broken, a hook that refuses the connection
+        hook, failure = None, f" ({type(exc).__name__})"
+    else:
+        failure = ""
     if not isinstance(hook, DbApiHook):
+        generic = (
+            " A connection stored as 'generic' was made with a type whose provider was not installed where it was "
+            "created: install the database's provider (apache-airflow-providers-postgres, -mysql, ...) and set the "
+            "type again, or, for SQLite, set the host to the database file's absolute path."
+            if conn.conn_type == "generic"
+            else ""
+        )
         raise CartesiaWarehouseSchemaError(
-            f"Connection '{conn_id}' (type {conn.conn_type!r}) has no SQL (DB-API) hook; use a connection "
-            "of a SQL database such as postgres, mysql or sqlite"
+            f"Connection '{conn_id}' (type {conn.conn_type!r}) has no SQL (DB-API) hook{failure}; use a connection "
+            f"of a SQL database such as postgres, mysql or sqlite.{generic}"
         )
     return hook
+
+
+def is_sqlite_connection(conn_type: str | None, host: str | None, port: int | None = None) -> bool:
+    """A ``sqlite`` connection, or a ``generic`` one (``--conn-type sqlite`` without the sqlite provider) whose
+    host is an absolute file path and that has no port."""
+    if conn_type == "sqlite":
+        return True
+    return conn_type == "generic" and bool(host) and os.path.isabs(host or "") and not port
 
 
 def _sqlite_provider_installed() -> bool:

@@ -582,3 +582,67 @@ def test_manual_runs_continue_from_the_last_successful_run(
     xcom = second.get_task_instance("export").xcom_pull(task_ids="export")
     assert xcom["window"] == {"updated_since": t1.isoformat(), "updated_before": t2.isoformat()}
     assert xcom["batch_ids"] == [between]
+
+
+def _airflow_cli(*argv: str) -> None:
+    """Run an ``airflow`` CLI command in this process, on the test metadata DB."""
+    from airflow.cli import cli_parser
+
+    args = cli_parser.get_parser().parse_args(list(argv))
+    args.func(args)
+
+
+@pytest.mark.dagtest
+def test_a_sqlite_connection_made_with_the_cli_exports(
+    tmp_path: Path, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, airflow_db: None
+) -> None:
+    """Without the sqlite provider, ``connections add --conn-type sqlite`` stores type 'generic'; it still works."""
+    import sqlite3
+    import uuid
+
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    from airflow_provider_cartesia.warehouse import _sqlite_provider_installed
+
+    conn_id = f"cli_sqlite_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "cli.db"
+    _airflow_cli("connections", "add", conn_id, "--conn-type", "sqlite", "--conn-host", str(path))
+    try:
+        with create_session() as session:
+            stored = session.query(Connection).filter(Connection.conn_id == conn_id).one()
+            assert stored.conn_type == ("sqlite" if _sqlite_provider_installed() else "generic")
+        batch_id = quick(cartesia_simulator)
+        from airflow.sdk import DAG
+
+        start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        with DAG(f"cartesia_export_{conn_id}", schedule=None, start_date=start, catchup=False) as dag:
+            CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=conn_id, batch_id=batch_id, table="t")
+        run = run_dag_test(dag)
+        assert str(run.state) in ("success", "DagRunState.SUCCESS")
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT COUNT(*) FROM t WHERE batch_id = ?", (batch_id,)).fetchone()[0] == 3
+    finally:
+        _airflow_cli("connections", "delete", conn_id)
+
+
+@pytest.mark.parametrize(
+    ("conn", "hint"),
+    [
+        # What the CLI stores for --conn-type snowflake (or postgres, ...) when that provider is missing.
+        ({"conn_type": "generic", "host": "db.example.com", "port": 5432}, "install the database's provider"),
+        ({"conn_type": "generic", "host": "relative/path.db"}, "absolute path"),
+        ({"conn_type": "http", "host": "example.com"}, "such as postgres, mysql or sqlite"),
+        ({"conn_type": "cartesia", "password": "sk_car_x"}, "such as postgres, mysql or sqlite"),
+    ],
+)
+def test_a_connection_without_a_sql_hook_says_what_to_do(
+    conn: dict[str, Any], hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_cartesia.warehouse import get_warehouse_hook
+
+    monkeypatch.setenv("AIRFLOW_CONN_NOT_A_DB", json.dumps(conn))
+    with pytest.raises(CartesiaWarehouseSchemaError, match="has no SQL \\(DB-API\\) hook") as caught:
+        get_warehouse_hook("not_a_db")
+    assert hint in str(caught.value)
+    assert "sk_car_x" not in str(caught.value)

@@ -389,8 +389,11 @@ class CallBatchToWarehouseOperator(BaseOperator):
 
         api = urlsplit(self.hook.settings.base_url)
         inputs = [(f"cartesia://{api.netloc}", f"agents/calls/batches/{b}") for b in self._exported]
+        from airflow_provider_cartesia.warehouse import is_sqlite_connection
+
         conn = BaseHook.get_connection(self.warehouse_conn_id)
-        return inputs, table_dataset(conn.conn_type, conn.host, conn.port, conn.schema, parse_table_name(self.table))
+        kind = "sqlite" if is_sqlite_connection(conn.conn_type, conn.host, conn.port) else conn.conn_type
+        return inputs, table_dataset(kind, conn.host, conn.port, conn.schema, parse_table_name(self.table))
 
 
 def table_dataset(

@@ -401,6 +401,36 @@ def test_an_answer_without_recipients_never_erases_the_rows(
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("damage", ["truncated", "padded", "duplicated", "counter_zero"])
+def test_an_answer_inconsistent_with_its_counters_never_replaces_the_rows(
+    damage: str, engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    """10 recipients listed of 30 scheduled (a truncating proxy): refused, the 30 rows stay."""
+    from airflow_provider_cartesia.exceptions import CartesiaResponseError
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    batch_id = quick(sim, recipients=recipients(30))
+    operator(engine, batch_id=batch_id).execute({})
+    before = engine.rows()
+    answer = sim.batch(batch_id)
+    listed = answer["recipients"]
+    damaged = {
+        "truncated": {**answer, "recipients": listed[:10]},
+        "padded": {**answer, "total_calls_scheduled": 29},
+        "duplicated": {**answer, "recipients": [*listed[:29], listed[0]]},
+        "counter_zero": {**answer, "total_calls_scheduled": 0},
+    }[damage]
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=damaged))
+    expected = "more than once" if damage == "duplicated" else "contradicts itself"
+    with pytest.raises(CartesiaResponseError, match=expected) as caught:
+        operator(engine, batch_id=batch_id).execute({})
+    assert "left as they were" in str(caught.value)
+    assert engine.rows() == before and engine.count(batch_id) == 30
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 30, "the next answer is whole again"
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
 def test_a_zero_length_interval_continues_from_the_last_successful_run(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:

@@ -8,7 +8,6 @@ the batches, :mod:`airflow_provider_cartesia.rows` turns each into rows and
 from __future__ import annotations
 
 import ast
-import logging
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
     from airflow_provider_cartesia.warehouse import WarehouseWriter
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cartesia_call_batch_recipients"
 ASSET_SCHEME = "cartesia-warehouse"
@@ -414,26 +411,36 @@ def table_dataset(
 
 
 def _check_recipients(batch: CallBatch) -> None:
-    """Refuse to replace a batch's rows with nothing when the answer lacks its recipients.
+    """Refuse to replace a batch's rows with an answer that contradicts itself; the rows stay as they were.
 
-    A batch always has at least one recipient (the API refuses an empty create), so an empty list is
-    as wrong as a missing one.
+    A batch always has at least one recipient (the API refuses an empty create), and its
+    ``total_calls_scheduled`` counts them: a list that is empty, longer or shorter than that count,
+    or that names one recipient twice, is a broken answer (a truncating proxy, a bug), not the batch.
     """
     recipients = batch.recipients
+    path = f"/agents/calls/batches/{batch.id}"
+    scheduled = batch.total_calls_scheduled
     if not recipients:
         raise CartesiaResponseError(
-            f"the batch came without its recipients ({batch.total_calls_scheduled:,} scheduled); its rows were "
-            "left as they were",
+            f"the batch came without its recipients ({scheduled:,} scheduled); its rows were left as they were",
             method="GET",
-            path=f"/agents/calls/batches/{batch.id}",
+            path=path,
         )
-    if batch.total_calls_scheduled and len(recipients) != batch.total_calls_scheduled:
-        log.warning(
-            "Batch %s lists %s recipients but schedules %s; exporting the %s listed",
-            batch.id,
-            f"{len(recipients):,}",
-            f"{batch.total_calls_scheduled:,}",
-            f"{len(recipients):,}",
+    counted = "total_calls_scheduled" in batch.model_fields_set
+    if counted and len(recipients) != scheduled:
+        raise CartesiaResponseError(
+            f"the batch lists {len(recipients):,} recipients but counts {scheduled:,} (total_calls_scheduled); "
+            "refusing to replace its rows with an answer that contradicts itself, so they were left as they were",
+            method="GET",
+            path=path,
+        )
+    unique = len({r.id for r in recipients})
+    if unique != len(recipients):
+        raise CartesiaResponseError(
+            f"the batch lists {len(recipients) - unique:,} recipient id(s) more than once; its rows were left as "
+            "they were",
+            method="GET",
+            path=path,
         )
 
 

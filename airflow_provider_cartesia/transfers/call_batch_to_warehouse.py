@@ -281,13 +281,17 @@ class CallBatchToWarehouseOperator(BaseOperator):
                 keep_transcript=self.include_transcript,
             )
         fetched = time.monotonic()
-        rows = batch_rows(
-            batch,
-            exported_at=datetime.now(timezone.utc),
-            adapt_time=writer.adapt_time,
-            calls=calls,
-            include_transcript=self.include_transcript,
-        )
+        exported_at = datetime.now(timezone.utc)
+
+        def rows() -> Iterator[tuple[Any, ...]]:  # made again if a deadlock makes the writer try again
+            return batch_rows(
+                batch,
+                exported_at=exported_at,
+                adapt_time=writer.adapt_time,
+                calls=calls,
+                include_transcript=self.include_transcript,
+            )
+
         written = writer.replace_batch(batch.id, rows)
         by_status, by_end_reason = status_counts(batch)
         self.log.info(

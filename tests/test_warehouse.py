@@ -436,8 +436,12 @@ def test_psycopg2_connections_use_execute_values(engine: Engine) -> None:
         assert writer.insert_method == "execute_values"
         writer.ensure_table()
         writer.replace_batch("acb_p2", rows_of(writer, make_batch("acb_p2", 20, metadata=HOSTILE_METADATA)))
+        nul = make_batch("acb_p2_nul", 2, metadata={"n": "a\x00b"}, name="x\x00y")
+        writer.replace_batch("acb_p2_nul", lambda: rows_of(writer, nul))
     assert engine.count("acb_p2") == 20
     assert json_value(engine.rows(columns="metadata")[0][0]) == HOSTILE_METADATA
+    stored = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = %s", ("acb_p2_nul",))
+    assert [(name, json_value(meta)) for name, meta in stored] == [("x\ufffdy", {"n": "a\ufffdb"})] * 2
 
 
 def test_sqlite_works_without_the_sqlite_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,3 +470,82 @@ def test_a_connection_without_a_sql_hook_is_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AIRFLOW_CONN_NOTSQL", '{"conn_type": "cartesia", "password": "sk_car_x"}')
     with pytest.raises(CartesiaWarehouseSchemaError, match="no SQL"):
         get_warehouse_hook("notsql")
+
+
+# -- names the engines reserve, characters they cannot store -------------------------------------
+
+
+@pytest.mark.parametrize("word", ["values", "index", "lateral", "concurrently", "returning", "order", "user"])
+def test_every_identifier_is_quoted_so_reserved_words_work(engine: Engine, word: str) -> None:
+    """Words one engine's dialect does not know to be reserved (values, index on SQLite; lateral,
+    concurrently on PostgreSQL; returning) as table and schema names: created, written, rewritten."""
+    quote = "`{}`" if engine.name == "mysql" else '"{}"'
+    engine.drops(f"DROP TABLE IF EXISTS {quote.format(word)}")
+    with writer_for(engine, word) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_w", rows_of(writer, make_batch("acb_w", 3)))
+        assert writer.replace_batch("acb_w", rows_of(writer, make_batch("acb_w", 3))) == 3
+        assert writer.ensure_table(create=False) == []
+    assert engine.count("acb_w", table=quote.format(word)) == 3
+    if engine.name == "sqlite":
+        engine.execute(f"DROP TABLE {quote.format(word)}")
+        return
+    # A reserved word as the schema too.
+    schema = f"{word}_{engine.table[-6:]}" if engine.name == "mysql" else word
+    if engine.name == "postgres":
+        engine.execute(f"CREATE SCHEMA IF NOT EXISTS {quote.format(schema)}")
+        engine.drops(f"DROP SCHEMA IF EXISTS {quote.format(schema)} CASCADE")
+        table = f"{schema}.{engine.table}"
+    else:
+        engine.execute(f"CREATE DATABASE {quote.format(schema)}")
+        engine.drops(f"DROP DATABASE IF EXISTS {quote.format(schema)}")
+        table = f"{schema}.{word}"
+    with writer_for(engine, table) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_s", rows_of(writer, make_batch("acb_s", 2)))
+    qualified = ".".join(quote.format(p) for p in table.split("."))
+    assert engine.count("acb_s", table=qualified) == 2
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_names_fold_as_unquoted_names_do(engine: Engine) -> None:
+    """Quoting keeps PostgreSQL's folding: a table made unquoted as Mixed_Case is found as mixed_case."""
+    mixed = f"Mixed_{engine.table}"
+    ddl = WarehouseTable(get_warehouse_hook(CONN_ID), engine.table, RECIPIENT_COLUMNS).create_sql()
+    engine.execute(ddl.replace(f'"{engine.table}"', mixed))  # unquoted: PostgreSQL stores it lower case
+    engine.drops(f"DROP TABLE IF EXISTS {mixed.lower()}")
+    with writer_for(engine, mixed) as writer:
+        assert writer.table.qualified == f'"{mixed.lower()}"'
+        assert writer.ensure_table(create=False) == []
+        writer.replace_batch("acb_f", rows_of(writer, make_batch("acb_f", 2)))
+    assert engine.count("acb_f", table=mixed) == 2
+
+
+def test_nul_characters_are_stored(engine: Engine) -> None:
+    """The API can return U+0000 in metadata and text; PostgreSQL stores neither in TEXT nor in JSONB (22P05)."""
+    metadata = {"note": "a\x00b", "k\x00ey": ["\x00", {"deep": "x\x00"}], "literal": "\\u0000 is text"}
+    batch = make_batch("acb_nul", 3, metadata=metadata, name="Renewals\x00 2026")
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        assert writer.replace_batch("acb_nul", rows_of(writer, batch)) == 3
+    (name, stored) = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = ?", ("acb_nul",))[
+        0
+    ]
+    if engine.name == "postgres":
+        assert name == "Renewals\ufffd 2026"
+        assert json_value(stored) == {
+            "note": "a\ufffdb",
+            "k\ufffdey": ["\ufffd", {"deep": "x\ufffd"}],
+            "literal": "\\u0000 is text",
+        }
+    else:
+        assert name == "Renewals\x00 2026"
+        assert json_value(stored) == metadata
+
+
+def test_rows_without_nul_pass_through_unchanged() -> None:
+    from airflow_provider_cartesia.warehouse import without_nul
+
+    plain = [("a", None, 1, '{"x":"\\\\u0000"}')]  # an escaped backslash before u0000 is no NUL
+    assert list(without_nul(plain, frozenset({3}))) == plain
+    assert list(without_nul([("a\x00", '{"x":"\\u0000"}')], frozenset({1}))) == [("a\ufffd", '{"x":"\ufffd"}')]

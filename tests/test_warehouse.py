@@ -549,3 +549,41 @@ def test_rows_without_nul_pass_through_unchanged() -> None:
     plain = [("a", None, 1, '{"x":"\\\\u0000"}')]  # an escaped backslash before u0000 is no NUL
     assert list(without_nul(plain, frozenset({3}))) == plain
     assert list(without_nul([("a\x00", '{"x":"\\u0000"}')], frozenset({1}))) == [("a\ufffd", '{"x":"\ufffd"}')]
+
+
+# -- MySQL/MariaDB storage engines --------------------------------------------------------------
+
+
+def _storage_engine(engine: Engine, table: str) -> str:
+    query = "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+    return str(engine.query(query, (table,))[0][0])
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_tables_are_created_innodb_whatever_the_default_engine(engine: Engine) -> None:
+    from airflow.providers.mysql.hooks.mysql import MySqlHook
+
+    hook = MySqlHook(mysql_conn_id=CONN_ID, init_command="SET SESSION default_storage_engine = MyISAM")
+    with WarehouseWriter(hook, engine.table, RECIPIENT_COLUMNS) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_i", rows_of(writer, make_batch("acb_i", 2)))
+    assert _storage_engine(engine, engine.table) == "InnoDB"
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize("storage", ["MyISAM", "Aria"])
+def test_a_table_without_transactions_is_refused(engine: Engine, storage: str) -> None:
+    """On MyISAM or Aria a failed export would leave half a batch while claiming the old rows intact: refused."""
+    ddl = WarehouseTable(get_warehouse_hook(CONN_ID), engine.table, RECIPIENT_COLUMNS).create_sql()
+    short_keys = ddl.replace("VARCHAR(255) COLLATE", "VARCHAR(100) COLLATE")  # MyISAM keys: 1,000 bytes at most
+    engine.execute(short_keys.replace("ENGINE=InnoDB", f"ENGINE={storage}"))
+    assert _storage_engine(engine, engine.table) == storage
+    with writer_for(engine) as writer:
+        writer.replace_batch("acb_old", rows_of(writer, make_batch("acb_old", 4)))  # rows of an earlier version
+        with pytest.raises(CartesiaWarehouseSchemaError, match=f"uses the {storage} storage engine") as caught:
+            writer.ensure_table()
+    assert "ENGINE=InnoDB" in str(caught.value)
+    assert engine.count("acb_old") == 4
+    engine.execute(f"ALTER TABLE {engine.table} ENGINE=InnoDB")  # what the message says to do
+    with writer_for(engine) as writer:
+        assert writer.ensure_table() == []

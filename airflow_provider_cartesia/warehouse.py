@@ -133,8 +133,11 @@ class EngineProfile:
     """The engine's folding of unquoted names, applied before quoting so that quoting changes no name."""
     stores_nul: bool = True
     """Whether text and JSON columns can hold U+0000; where not, the writer replaces it by U+FFFD."""
+    begin_sql: str | None = None
+    """Opens each batch's transaction (SQLite: ``BEGIN IMMEDIATE`` takes the write lock first, waiting for it)."""
     batch_lock_sql: str | None = None
-    """Run first in each batch's transaction with ``(lock key,)``: makes concurrent writers of one batch wait."""
+    """Run first in each batch's transaction with the lock key (and, with an unlock, :data:`LOCK_WAIT_SECONDS`):
+    makes concurrent writers of one batch wait for each other."""
     batch_unlock_sql: str | None = None
     """Run after the commit or rollback with ``(lock key,)``, for a lock that outlives the transaction."""
     checks_storage_engine: bool = False
@@ -176,7 +179,7 @@ ENGINES: dict[str, EngineProfile] = {
         adapt_time=_naive_utc,
         table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         quote_format="`{}`",
-        batch_lock_sql=f"SELECT GET_LOCK(%s, {LOCK_WAIT_SECONDS})",
+        batch_lock_sql="SELECT GET_LOCK(%s, %s)",
         batch_unlock_sql="SELECT RELEASE_LOCK(%s)",
         checks_storage_engine=True,
     ),
@@ -193,6 +196,7 @@ ENGINES: dict[str, EngineProfile] = {
         },
         adapt_time=_iso_text,
         quote_format='"{}"',
+        begin_sql="BEGIN IMMEDIATE",
     ),
     "generic": EngineProfile(
         name="generic",
@@ -778,6 +782,8 @@ class WarehouseWriter:
         committing = False
         lock_key = self.table.batch_lock_key(batch_id) if self.engine.batch_lock_sql else None
         try:
+            if self.engine.begin_sql:
+                cur.execute(self.engine.begin_sql)
             if lock_key is not None:
                 self._lock_batch(cur, batch_id, lock_key)
             cur.execute(self.table.delete_sql(), (batch_id,))
@@ -811,9 +817,10 @@ class WarehouseWriter:
 
     def _lock_batch(self, cur: Any, batch_id: str, key: int | str) -> None:
         """Wait for other writers of this batch into this table (see :meth:`replace_batch`)."""
-        cur.execute(self.engine.batch_lock_sql, (key,))
+        named = self.engine.batch_unlock_sql is not None  # a named lock (GET_LOCK) takes a wait limit
+        cur.execute(self.engine.batch_lock_sql, (key, LOCK_WAIT_SECONDS) if named else (key,))
         got = cur.fetchall()
-        if self.engine.batch_unlock_sql and (not got or got[0][0] != 1):  # GET_LOCK: 0 timed out, NULL failed
+        if named and (not got or got[0][0] != 1):  # GET_LOCK: 0 timed out, NULL failed
             raise CartesiaWarehouseError(
                 f"Writing batch {batch_id} to table {self.table.name} waited {LOCK_WAIT_SECONDS} s for another "
                 "export of the same batch to finish, and gave up; nothing was written. The task's retries apply",

@@ -587,3 +587,141 @@ def test_a_table_without_transactions_is_refused(engine: Engine, storage: str) -
     engine.execute(f"ALTER TABLE {engine.table} ENGINE=InnoDB")  # what the message says to do
     with writer_for(engine) as writer:
         assert writer.ensure_table() == []
+
+
+# -- concurrent writers ---------------------------------------------------------------------------
+
+
+def _session_id(engine: Engine, conn: Any) -> int | None:
+    if engine.name == "postgres":
+        return int(conn.info.backend_pid)
+    if engine.name == "mysql":
+        return int(conn.thread_id())
+    return None  # SQLite: the wait happens inside the library, with nothing to observe
+
+
+def _wait_until_blocked(engine: Engine, session: int | None) -> None:
+    """Return once the server shows ``session`` waiting for a lock (polls, bounded; no sleep)."""
+    if session is None:
+        return
+    if engine.name == "postgres":
+        sql = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+    else:
+        sql = (
+            "SELECT LOCATE('lock', LOWER(COALESCE(p.STATE, ''))) > 0 OR t.trx_state = 'LOCK WAIT' "
+            "FROM information_schema.PROCESSLIST p LEFT JOIN information_schema.INNODB_TRX t "
+            "ON t.trx_mysql_thread_id = p.ID WHERE p.ID = %s"
+        )
+    conn = engine.connect()
+    try:
+        for _ in range(5000):
+            cur = conn.cursor()
+            cur.execute(sql, (session,))
+            row = cur.fetchone()
+            conn.commit()
+            if row and row[0]:
+                return
+        raise AssertionError(f"session {session} never waited for the other writer")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["re_export", "first_export"])
+def test_two_exports_of_one_batch_at_once_both_succeed(engine: Engine, earlier: bool) -> None:
+    """Writer B starts while A is inside its transaction: B waits for A (or retries), never fails, never doubles.
+
+    Unserialized, PostgreSQL fails B with a primary-key violation and MariaDB deadlocks a first export.
+    """
+    import threading
+
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_other", rows_of(writer, make_batch("acb_other", 5)))
+        if earlier:
+            writer.replace_batch("acb_c", rows_of(writer, make_batch("acb_c", 400, status="queued")))
+    a_inside, b_session, errors = threading.Event(), [], []
+    b_connected = threading.Event()
+
+    def a_rows(writer: WarehouseWriter) -> Iterator[tuple[Any, ...]]:
+        for i, row in enumerate(rows_of(writer, make_batch("acb_c", 400, status="completed"))):
+            if i == 200 and not a_inside.is_set():  # only the first try waits for B
+                a_inside.set()
+                assert b_connected.wait(60), "B never started"
+                _wait_until_blocked(engine, b_session[0])
+            yield row
+
+    def run(name: str) -> None:
+        try:
+            with writer_for(engine) as writer:
+                if name == "a":
+                    writer.replace_batch("acb_c", lambda: a_rows(writer))
+                else:
+                    b_session.append(_session_id(engine, writer.connection))
+                    b_connected.set()
+                    failed = make_batch("acb_c", 300, status="failed", end_reason="dial_busy")
+                    writer.replace_batch("acb_c", lambda: rows_of(writer, failed))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append((name, exc))
+            a_inside.set()
+            b_connected.set()
+
+    a = threading.Thread(target=run, args=("a",))
+    a.start()
+    assert a_inside.wait(60)
+    b = threading.Thread(target=run, args=("b",))
+    b.start()
+    a.join(120)
+    b.join(120)
+    assert not a.is_alive() and not b.is_alive()
+    assert errors == []
+    # B started last and waited for A: its rows are the batch now, one per recipient.
+    assert engine.count("acb_c") == 300
+    assert engine.query(f"SELECT DISTINCT status FROM {engine.table} WHERE batch_id = ?", ("acb_c",)) == [("failed",)]
+    assert engine.count("acb_other") == 5
+
+
+@pytest.mark.parametrize("engine", ["mysql", "postgres"], indirect=True)
+def test_concurrent_exports_of_neighbouring_batches_both_succeed(engine: Engine) -> None:
+    """Different batches of one table at once (InnoDB's gap locks can deadlock them): a deadlock is tried again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"acb_n{i}" for i in range(4)]
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        for batch_id in ids:
+            writer.replace_batch(batch_id, rows_of(writer, make_batch(batch_id, 200, status="queued")))
+
+    def export(batch_id: str) -> int:
+        with writer_for(engine) as writer:
+            return writer.replace_batch(batch_id, lambda: rows_of(writer, make_batch(batch_id, 250)))
+
+    for _ in range(3):
+        with ThreadPoolExecutor(len(ids)) as pool:
+            assert list(pool.map(export, ids)) == [250] * len(ids)
+    assert [engine.count(b) for b in ids] == [250] * len(ids)
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_writer_that_waits_too_long_for_another_gives_up_and_writes_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_cartesia import warehouse
+
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 3, status="queued")))
+        key = writer.table.batch_lock_key("acb_l")
+        holder = engine.connect()  # another export of the same batch, holding the lock
+        try:
+            cur = holder.cursor()
+            cur.execute("SELECT GET_LOCK(%s, 0)", (key,))
+            assert cur.fetchall()[0][0] == 1
+            monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 0)
+            with pytest.raises(CartesiaWarehouseError, match="waited 0 s for another export") as caught:
+                writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 5)))
+            assert not isinstance(caught.value, CartesiaWarehouseSchemaError), "a try later may succeed"
+        finally:
+            holder.close()
+        monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 30)
+        assert writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 5))) == 5
+    assert engine.count("acb_l") == 5

@@ -281,6 +281,8 @@ def _sqlite_provider_installed() -> bool:
 
 
 _SQLITE_HOOK: type[DbApiHook] | None = None
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite connection waits for another process's lock on the file (the connection's extra ``timeout``)."""
 
 
 def _embedded_sqlite_hook_class() -> type[DbApiHook]:
@@ -308,7 +310,13 @@ def _embedded_sqlite_hook_class() -> type[DbApiHook]:
                         f"file's absolute path, got {path!r} (a relative path would land in the worker's working "
                         "directory)"
                     )
-                return sqlite3.connect(path, timeout=30)
+                timeout = self.connection.extra_dejson.get("timeout", SQLITE_BUSY_TIMEOUT)
+                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < 86400:
+                    raise CartesiaWarehouseSchemaError(
+                        f"Connection '{self.get_conn_id()}': the extra 'timeout' is how many seconds to wait for "
+                        f"another process's lock on the database file, a number from 0, got {timeout!r}"
+                    )
+                return sqlite3.connect(path, timeout=timeout)
 
             def get_uri(self) -> str:
                 return f"sqlite:///{self.connection.host or ''}"

@@ -676,3 +676,84 @@ def test_a_connection_without_a_sql_hook_says_what_to_do(
         get_warehouse_hook("not_a_db")
     assert hint in str(caught.value)
     assert "sk_car_x" not in str(caught.value)
+
+
+# -- transient database errors leave the task to its retries ------------------------------------
+
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN " + sys.argv[2])
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
+def test_a_sqlite_file_locked_by_another_process_is_transient(
+    lock: str,
+    tmp_path: Path,
+    cartesia_simulator: CartesiaSimulator,
+    cartesia_conn_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process holds the file's lock (EXCLUSIVE: nobody reads; IMMEDIATE: nobody writes)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    path = tmp_path / "locked.db"
+    conn = {"conn_type": "sqlite", "host": str(path), "extra": {"timeout": 0}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+    batch_id = quick(cartesia_simulator)
+    op = CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=CONN_ID, table="t", batch_id=batch_id)
+    op.execute({})
+    locker = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path), lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        with pytest.raises(CartesiaWarehouseError) as caught:
+            op.execute({})
+        assert not isinstance(caught.value, (CartesiaWarehouseSchemaError, AirflowFailException))
+        assert caught.value.code is not None and caught.value.code.startswith("SQLITE_BUSY")
+        assert "retries apply" in str(caught.value)
+    finally:
+        locker.communicate("\n", timeout=60)
+    assert op.execute({})["rows_written"] == 3, "the retry succeeds once the lock is gone"
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_a_lock_timeout_while_reading_the_table_is_transient(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds an ACCESS EXCLUSIVE lock (a migration): the read of the table's shape times out."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    conn = {**json.loads(engine.conn_json), "extra": {"options": "-c lock_timeout=50"}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+    batch_id = quick(cartesia_simulator)
+    operator(engine, batch_id=batch_id).execute({})
+    holder = engine.connect()
+    try:
+        holder.execute(f"LOCK TABLE {engine.table} IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(CartesiaWarehouseError) as caught:
+            operator(engine, batch_id=batch_id).execute({})
+        assert not isinstance(caught.value, (CartesiaWarehouseSchemaError, AirflowFailException))
+        assert caught.value.code == "55P03" and "Could not read table" in str(caught.value)
+        assert "retries apply" in str(caught.value)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 3
+
+
+def test_a_bad_sqlite_timeout_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_cartesia.rows import RECIPIENT_COLUMNS
+    from airflow_provider_cartesia.warehouse import WarehouseWriter, _sqlite_provider_installed, get_warehouse_hook
+
+    if _sqlite_provider_installed():
+        pytest.skip("the sqlite provider's own hook reads its extras its way")
+    conn = {"conn_type": "sqlite", "host": str(tmp_path / "x.db"), "extra": {"timeout": "soon"}}
+    monkeypatch.setenv("AIRFLOW_CONN_BADTIMEOUT", json.dumps(conn))
+    with pytest.raises(CartesiaWarehouseSchemaError, match="extra 'timeout'"):
+        WarehouseWriter(get_warehouse_hook("badtimeout"), "t", RECIPIENT_COLUMNS).connection  # noqa: B018

@@ -767,11 +767,12 @@ class WarehouseWriter:
         serialization failure is tried again at once, up to :data:`WRITE_CONFLICT_RETRIES` times.
         """
         tries = 1 + (WRITE_CONFLICT_RETRIES if callable(rows) else 0)
-        for attempt in range(1, tries + 1):
+        attempt = 1
+        while True:
             try:
                 return self._replace_once(batch_id, rows() if callable(rows) else rows)
             except CartesiaWarehouseError as error:
-                if attempt == tries or error.code not in _WRITE_CONFLICTS:
+                if attempt >= tries or error.code not in _WRITE_CONFLICTS:
                     raise
                 self.hook.log.warning(
                     "Write of batch %s to %s met a concurrent write (%s %s); trying again (%d of %d)",
@@ -782,7 +783,7 @@ class WarehouseWriter:
                     attempt,
                     tries - 1,
                 )
-        raise AssertionError("unreachable: the last try returns or raises")  # pragma: no cover
+                attempt += 1
 
     def _replace_once(self, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
         conn = self.connection

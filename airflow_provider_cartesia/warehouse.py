@@ -4,13 +4,13 @@ What it owns, and nothing else (no HTTP, no Cartesia models):
 
 - **Names.** A table name is ``table`` or ``schema.table``; each part must be a plain identifier
   (letters, digits, ``_``; not starting with a digit; at most 63 characters). Anything else is
-  refused, never escaped into SQL. Valid parts are then quoted by the hook's dialect
-  (``hook.dialect.escape_word``), which quotes reserved words (``order``, ``user``) and leaves plain
-  names to the engine's own case rules.
+  refused, never escaped into SQL. On PostgreSQL, MySQL/MariaDB and SQLite every identifier is then
+  quoted (reserved or not), after the engine's folding of unquoted names; other engines get the
+  hook's dialect quoting (``hook.dialect.escape_word``) plus standard SQL's reserved words.
 - **Types per engine** (:data:`ENGINES`). PostgreSQL: ``TEXT``, ``TIMESTAMPTZ``, ``JSONB``, ``DOUBLE
   PRECISION``. MySQL/MariaDB: ``VARCHAR(255)`` (keys in the binary collation, so ids stay case
   sensitive), ``TEXT``/``MEDIUMTEXT``, ``DATETIME(6)`` holding UTC (MySQL has no zoned type and
-  ``TIMESTAMP`` ends in 2038), ``JSON``, table charset ``utf8mb4``. SQLite: ``TEXT`` with timestamps
+  ``TIMESTAMP`` ends in 2038), ``JSON``, ``ENGINE=InnoDB`` and charset ``utf8mb4``. SQLite: ``TEXT`` with timestamps
   as ISO 8601 UTC text (``2026-06-01T12:00:00.000000+00:00``, sortable, read by SQLite's date
   functions) and JSON as text. Any other engine: standard SQL (``VARCHAR``, ``TIMESTAMP WITH TIME
   ZONE``, ``DOUBLE PRECISION``); where those do not fit, create the table yourself and pass
@@ -22,7 +22,10 @@ What it owns, and nothing else (no HTTP, no Cartesia models):
 - **Replacing a batch atomically.** :meth:`WarehouseWriter.replace_batch` deletes the batch's rows
   and inserts its new ones in one transaction on one DB-API connection, commits once, and rolls back
   on any error: a failure leaves the previous rows, and readers see the old batch or the new one,
-  never a mix.
+  never a mix. Writers of one batch wait for each other (a lock per table and batch), a deadlock is
+  tried again, and a MySQL table without transactions (MyISAM, Aria) is refused. Transient errors
+  (locks, timeouts, lost connections: :func:`is_transient_db_error`) are never schema errors, so the
+  task's retries apply. Where the engine stores no NUL (PostgreSQL), U+0000 is written as U+FFFD.
 - **The engine's fast path.** psycopg 3: ``COPY ... FROM STDIN``. psycopg2: ``execute_values``.
   Every other driver: ``executemany`` in bounded chunks inside the one transaction (SQLite's
   ``executemany``; mysqlclient turns it into multi-row ``INSERT``). ``DbApiHook.insert_rows`` is not

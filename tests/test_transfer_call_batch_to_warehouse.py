@@ -340,6 +340,27 @@ def test_add_missing_columns_widens_an_earlier_table(
     assert engine.count(batch_id) == 3
 
 
+def test_any_string_the_api_returns_is_exported(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    """NUL in the answer: PostgreSQL failed every try with 22P05 before. (A lone surrogate, which no engine
+    stores, never gets this far: the hook's JSON parser refuses the answer.)"""
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    batch_id = quick(sim)
+    answer = sim.batch(batch_id)
+    answer["name"] = "Renewals\x00"
+    for r in answer["recipients"]:
+        r["metadata"] = {"note": "a\x00b", "k\x00": ["\x00"], "日本語": "📞"}
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=answer))
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 3
+    stored = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = ?", (batch_id,))
+    nul = "\ufffd" if engine.name == "postgres" else "\x00"
+    expected = {"note": f"a{nul}b", f"k{nul}": [nul], "日本語": "📞"}
+    assert [(name, json_value(meta)) for name, meta in stored] == [(f"Renewals{nul}", expected)] * 3
+
+
 # -- failures and lineage (SQLite only: the engine plays no part) ------------------------------
 
 

@@ -543,12 +543,18 @@ def test_nul_characters_are_stored(engine: Engine) -> None:
         assert json_value(stored) == metadata
 
 
-def test_rows_without_nul_pass_through_unchanged() -> None:
-    from airflow_provider_cartesia.warehouse import without_nul
+def test_only_rows_with_unstorable_characters_change() -> None:
+    from airflow_provider_cartesia.warehouse import storable_rows
 
-    plain = [("a", None, 1, '{"x":"\\\\u0000"}')]  # an escaped backslash before u0000 is no NUL
-    assert list(without_nul(plain, frozenset({3}))) == plain
-    assert list(without_nul([("a\x00", '{"x":"\\u0000"}')], frozenset({1}))) == [("a\ufffd", '{"x":"\ufffd"}')]
+    plain = [("a", None, 1, '{"x":"\\\\u0000"}', "日本語 📞")]  # an escaped backslash before u0000 is no NUL
+    assert list(storable_rows(plain, frozenset({3}), nul=False)) == plain
+    untouched = ("a", None, 1.5, '{"x":"y"}', "日本語 📞 Zoë")
+    assert next(storable_rows([untouched], frozenset({3}), nul=False)) is untouched, "no copy of a clean row"
+    nul = [("a\x00", '{"x":"\\u0000"}')]
+    assert list(storable_rows(nul, frozenset({1}), nul=False)) == [("a\ufffd", '{"x":"\ufffd"}')]
+    assert list(storable_rows(nul, frozenset({1}), nul=True)) == nul
+    lone = [("x\ud800y", '{"a":"\udfff"}')]
+    assert list(storable_rows(lone, frozenset({1}))) == [("x\ufffdy", '{"a":"\ufffd"}')]
 
 
 # -- MySQL/MariaDB storage engines --------------------------------------------------------------

@@ -799,7 +799,8 @@ class WarehouseWriter:
             if lock_key is not None:
                 self._lock_batch(cur, batch_id, lock_key)
             cur.execute(self.table.delete_sql(), (batch_id,))
-            rows = storable_rows(rows, self._json_positions, nul=self.engine.stores_nul)
+            if not self.engine.stores_nul:
+                rows = without_nul(rows, self.table.columns)
             written = self._insert(conn, cur, rows)
             committing = True
             conn.commit()
@@ -839,10 +840,6 @@ class WarehouseWriter:
                 batch_id=batch_id,
                 kind="LockTimeout",
             )
-
-    @cached_property
-    def _json_positions(self) -> frozenset[int]:
-        return frozenset(i for i, c in enumerate(self.table.columns) if c.kind == "json")
 
     @property
     def insert_method(self) -> str:
@@ -902,46 +899,39 @@ def _close_quietly(cur: Any) -> None:
 
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
-_SURROGATE = re.compile("[\ud800-\udfff]")
-REPLACEMENT = "\ufffd"
-"""What a character the engine cannot store becomes: U+FFFD, Unicode's replacement character."""
+NUL_REPLACEMENT = "\ufffd"
+"""What U+0000 becomes where the engine cannot store it (PostgreSQL): U+FFFD, Unicode's replacement character."""
 
 
-def storable_rows(
-    rows: Iterable[Sequence[Any]], json_positions: frozenset[int], *, nul: bool = True
-) -> Iterator[Sequence[Any]]:
-    """``rows`` with every character the engine cannot store replaced by U+FFFD; other rows pass unchanged.
+def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Iterator[Sequence[Any]]:
+    """``rows`` with every U+0000 in text replaced by U+FFFD, in JSON text too (where it is written ``\\u0000``).
 
-    A lone surrogate (JSON lets the API send ``"\\ud800"``) has no UTF-8 form, so no engine stores
-    it. Without ``nul`` (PostgreSQL, which stores no NUL in TEXT nor ``\\u0000`` in JSONB), U+0000 is
-    replaced too, in JSON text as well (where it is written ``\\u0000``).
+    PostgreSQL stores no NUL in TEXT, nor ``\\u0000`` in JSONB; the API may still return one in a
+    recipient's metadata or a summary. Rows without one pass unchanged.
     """
+    text = tuple(i for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
+    json_positions = frozenset(i for i, c in enumerate(columns) if c.kind == "json")
     for row in rows:
-        if any(isinstance(v, str) and _unstorable(v, nul) for v in row):
-            yield tuple(_storable_value(v, i in json_positions, nul) for i, v in enumerate(row))
+        for i in text:  # a plain loop: about 1 ms per 5,000 rows, a fraction of joining or regex scans
+            value = row[i]
+            if value and (_NUL in value or _JSON_NUL in value):
+                yield tuple(_nul_free_value(v, i in json_positions) for i, v in enumerate(row))
+                break
         else:
             yield row
 
 
-def _unstorable(value: str, nul: bool) -> bool:
-    if not nul and (_NUL in value or _JSON_NUL in value):
-        return True
-    return not value.isascii() and _SURROGATE.search(value) is not None
-
-
-def _storable_value(value: Any, is_json: bool, nul: bool) -> Any:
+def _nul_free_value(value: Any, is_json: bool) -> Any:
     if not isinstance(value, str):
         return value
-    if not nul and is_json and _JSON_NUL in value:
+    if is_json and _JSON_NUL in value:
         value = json_text(_nul_free_json(json.loads(value)))
-    if not nul:
-        value = value.replace(_NUL, REPLACEMENT)
-    return _SURROGATE.sub(REPLACEMENT, value)
+    return value.replace(_NUL, NUL_REPLACEMENT)
 
 
 def _nul_free_json(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace(_NUL, REPLACEMENT)
+        return value.replace(_NUL, NUL_REPLACEMENT)
     if isinstance(value, list):
         return [_nul_free_json(v) for v in value]
     if isinstance(value, dict):

@@ -543,18 +543,18 @@ def test_nul_characters_are_stored(engine: Engine) -> None:
         assert json_value(stored) == metadata
 
 
-def test_only_rows_with_unstorable_characters_change() -> None:
-    from airflow_provider_cartesia.warehouse import storable_rows
+def test_only_rows_with_nul_change() -> None:
+    from airflow_provider_cartesia.rows import Column
+    from airflow_provider_cartesia.warehouse import without_nul
 
-    plain = [("a", None, 1, '{"x":"\\\\u0000"}', "日本語 📞")]  # an escaped backslash before u0000 is no NUL
-    assert list(storable_rows(plain, frozenset({3}), nul=False)) == plain
-    untouched = ("a", None, 1.5, '{"x":"y"}', "日本語 📞 Zoë")
-    assert next(storable_rows([untouched], frozenset({3}), nul=False)) is untouched, "no copy of a clean row"
-    nul = [("a\x00", '{"x":"\\u0000"}')]
-    assert list(storable_rows(nul, frozenset({1}), nul=False)) == [("a\ufffd", '{"x":"\ufffd"}')]
-    assert list(storable_rows(nul, frozenset({1}), nul=True)) == nul
-    lone = [("x\ud800y", '{"a":"\udfff"}')]
-    assert list(storable_rows(lone, frozenset({1}))) == [("x\ufffdy", '{"a":"\ufffd"}')]
+    columns = [Column("a", "text", ""), Column("n", "integer", ""), Column("j", "json", ""), Column("b", "text", "")]
+    escaped = ("a", 1, '{"x":"\\\\u0000"}', None)  # an escaped backslash before u0000 is no NUL
+    assert list(without_nul([escaped], columns)) == [escaped]
+    clean = ("日本語 📞 Zoë", 2, '{"x":"y"}', "b")
+    assert next(without_nul([clean], columns)) is clean, "no copy of a clean row"
+    assert list(without_nul([("a\x00", 3, '{"x\\u0000":"\\u0000"}', "\x00")], columns)) == [
+        ("a\ufffd", 3, '{"x\ufffd":"\ufffd"}', "\ufffd")
+    ]
 
 
 # -- MySQL/MariaDB storage engines --------------------------------------------------------------

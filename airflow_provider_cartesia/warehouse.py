@@ -482,7 +482,7 @@ def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
     """
     kind = type(exc).__name__
     code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or getattr(exc, "sqlite_errorname", None)
-    if code is None and exc.args and isinstance(exc.args[0], int):
+    if exc.args and isinstance(exc.args[0], int):  # MySQL drivers: the error number says more than its SQLSTATE
         code = str(exc.args[0])
     details = []
     diag = getattr(exc, "diag", None)
@@ -693,7 +693,11 @@ class WarehouseWriter:
                 raise _transient_error(name, "read", exc) from None
             if not create:
                 raise _schema_error(name, "read (does it exist? set create_table=True to create it)", exc) from None
-            self._run_ddl(self.table.create_sql(), "create")
+            try:
+                self._run_ddl(self.table.create_sql(), "create")
+            except CartesiaWarehouseSchemaError:
+                if not self._exists():  # else another writer created it at the same moment (PostgreSQL races)
+                    raise
             try:
                 existing = self.existing_columns()
             except Exception as exc2:
@@ -715,6 +719,13 @@ class WarehouseWriter:
         if missing:
             self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
         return [c.name for c in missing]
+
+    def _exists(self) -> bool:
+        try:
+            self.existing_columns()
+        except Exception:
+            return False
+        return True
 
     def _check_storage_engine(self) -> None:
         """MySQL/MariaDB: a table without transactions (MyISAM, Aria) would keep half a batch after a failure."""

@@ -731,3 +731,25 @@ def test_a_writer_that_waits_too_long_for_another_gives_up_and_writes_nothing(
         monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 30)
         assert writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 5))) == 5
     assert engine.count("acb_l") == 5
+
+
+def test_writers_that_create_the_table_at_the_same_moment_all_succeed(engine: Engine) -> None:
+    """PostgreSQL's CREATE TABLE IF NOT EXISTS can fail (23505 on pg_type) when another session creates the same
+    table at that moment: the table exists then, and the export goes on."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(3):
+        table = f"{engine.table}_{round_}"
+        engine.drops(f"DROP TABLE IF EXISTS {table}")
+        start = threading.Barrier(4)
+
+        def export(batch_id: str, table: str = table, start: threading.Barrier = start) -> int:
+            with writer_for(engine, table) as writer:
+                start.wait(60)
+                writer.ensure_table()
+                return writer.replace_batch(batch_id, lambda: rows_of(writer, make_batch(batch_id, 20)))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(export, [f"acb_{i}" for i in range(4)])) == [20] * 4
+        assert engine.count(table=table) == 80

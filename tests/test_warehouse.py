@@ -162,6 +162,63 @@ def test_db_error_description_never_includes_the_message() -> None:
     assert describe_db_error(mysql_like) == ("Exception", "1062", "")
 
 
+def _driver_errors() -> list[tuple[BaseException, bool]]:
+    import MySQLdb
+    import psycopg
+    import psycopg.errors as pg
+
+    return [
+        (pg.DeadlockDetected(), True),
+        (pg.SerializationFailure(), True),
+        (pg.LockNotAvailable(), True),  # lock_timeout
+        (pg.QueryCanceled(), True),  # statement_timeout
+        (pg.AdminShutdown(), True),
+        (pg.TooManyConnections(), True),
+        (psycopg.OperationalError("the connection is lost"), True),  # no SQLSTATE: the connection is gone
+        (pg.UndefinedTable(), False),
+        (pg.InsufficientPrivilege(), False),
+        (pg.UniqueViolation(), False),
+        (pg.UntranslatableCharacter(), False),
+        (MySQLdb.OperationalError(1205, "Lock wait timeout exceeded"), True),
+        (MySQLdb.OperationalError(1213, "Deadlock found"), True),
+        (MySQLdb.OperationalError(2006, "server has gone away"), True),
+        (MySQLdb.OperationalError(2013, "Lost connection"), True),
+        (MySQLdb.ProgrammingError(1146, "Table doesn't exist"), False),
+        (MySQLdb.OperationalError(1142, "command denied"), False),
+        (MySQLdb.IntegrityError(1062, "Duplicate entry"), False),
+        (ValueError("not a database error"), False),
+    ]
+
+
+def test_transient_database_errors_are_told_from_lasting_ones() -> None:
+    from airflow_provider_cartesia.warehouse import is_transient_db_error
+
+    for exc, transient in _driver_errors():
+        assert is_transient_db_error(exc) is transient, (type(exc).__name__, exc.args)
+
+
+def test_sqlite_busy_and_locked_are_transient(tmp_path: Path) -> None:
+    import sqlite3
+
+    from airflow_provider_cartesia.warehouse import is_transient_db_error
+
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            other.execute("SELECT * FROM t")
+        with pytest.raises(sqlite3.OperationalError) as missing:
+            sqlite3.connect(":memory:").execute("SELECT * FROM no_such_table")
+    finally:
+        other.close()
+        holder.close()
+    assert is_transient_db_error(busy.value)
+    assert not is_transient_db_error(missing.value)
+
+
 # -- on each engine ---------------------------------------------------------------------------
 
 

@@ -555,7 +555,7 @@ def _write_error(
         kept = "the transaction was not committed, so the batch's previous rows are intact"
     retries = (
         " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
-        if (is_transient_db_error(exc))
+        if is_transient_db_error(exc)
         else ""
     )
     return CartesiaWarehouseError(

@@ -589,7 +589,8 @@ def test_a_manual_run_without_ids_says_there_is_no_window(
 ) -> None:
     """A manual run's data interval is one instant, and Airflow 3.3 hands the previous success over as a
     lazy proxy around None: the documented message, not an AttributeError."""
-    from airflow.sdk import DAG, CronTriggerTimetable
+    from airflow.sdk import DAG
+    from airflow.timetables.trigger import CronTriggerTimetable  # also on Airflow 3.0 and 3.1
 
     timetable = CronTriggerTimetable("@daily", timezone="UTC") if schedule == "cron_trigger" else None
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)

@@ -340,6 +340,27 @@ def test_add_missing_columns_widens_an_earlier_table(
     assert engine.count(batch_id) == 3
 
 
+def test_any_string_the_api_returns_is_exported(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    """NUL in the answer: PostgreSQL failed every try with 22P05 before. (A lone surrogate, which no engine
+    stores, never gets this far: the hook's JSON parser refuses the answer.)"""
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    batch_id = quick(sim)
+    answer = sim.batch(batch_id)
+    answer["name"] = "Renewals\x00"
+    for r in answer["recipients"]:
+        r["metadata"] = {"note": "a\x00b", "k\x00": ["\x00"], "日本語": "📞"}
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=answer))
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 3
+    stored = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = ?", (batch_id,))
+    nul = "\ufffd" if engine.name == "postgres" else "\x00"
+    expected = {"note": f"a{nul}b", f"k{nul}": [nul], "日本語": "📞"}
+    assert [(name, json_value(meta)) for name, meta in stored] == [(f"Renewals{nul}", expected)] * 3
+
+
 # -- failures and lineage (SQLite only: the engine plays no part) ------------------------------
 
 
@@ -398,6 +419,36 @@ def test_an_answer_without_recipients_never_erases_the_rows(
     with pytest.raises(CartesiaResponseError, match="without its recipients"):
         operator(engine, batch_id=batch_id).execute({})
     assert engine.count(batch_id) == 3
+
+
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("damage", ["truncated", "padded", "duplicated", "counter_zero"])
+def test_an_answer_inconsistent_with_its_counters_never_replaces_the_rows(
+    damage: str, engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+) -> None:
+    """10 recipients listed of 30 scheduled (a truncating proxy): refused, the 30 rows stay."""
+    from airflow_provider_cartesia.exceptions import CartesiaResponseError
+    from airflow_provider_cartesia.testing import Fault
+
+    sim = cartesia_simulator
+    batch_id = quick(sim, recipients=recipients(30))
+    operator(engine, batch_id=batch_id).execute({})
+    before = engine.rows()
+    answer = sim.batch(batch_id)
+    listed = answer["recipients"]
+    damaged = {
+        "truncated": {**answer, "recipients": listed[:10]},
+        "padded": {**answer, "total_calls_scheduled": 29},
+        "duplicated": {**answer, "recipients": [*listed[:29], listed[0]]},
+        "counter_zero": {**answer, "total_calls_scheduled": 0},
+    }[damage]
+    sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(body=damaged))
+    expected = "more than once" if damage == "duplicated" else "contradicts itself"
+    with pytest.raises(CartesiaResponseError, match=expected) as caught:
+        operator(engine, batch_id=batch_id).execute({})
+    assert "left as they were" in str(caught.value)
+    assert engine.rows() == before and engine.count(batch_id) == 30
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 30, "the next answer is whole again"
 
 
 @pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
@@ -518,3 +569,213 @@ def test_dag_test_exports_from_xcom_and_on_schedule(
     assert exported == {by_id, in_window}
     xcom = tis["export_window"].xcom_pull(task_ids="export_window")
     assert xcom["batch_ids"] == [in_window] and xcom["rows_written"] == 3
+
+
+def _task_failure_text(capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> str:
+    captured = capsys.readouterr()
+    return captured.out + captured.err + caplog.text
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("schedule", ["none", "cron_trigger"])
+def test_a_manual_run_without_ids_says_there_is_no_window(
+    schedule: str,
+    engine: Engine,
+    cartesia_conn_id: str,
+    airflow_db: None,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A manual run's data interval is one instant, and Airflow 3.3 hands the previous success over as a
+    lazy proxy around None: the documented message, not an AttributeError."""
+    from airflow.sdk import DAG
+    from airflow.timetables.trigger import CronTriggerTimetable  # also on Airflow 3.0 and 3.1
+
+    timetable = CronTriggerTimetable("@daily", timezone="UTC") if schedule == "cron_trigger" else None
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with DAG(f"cartesia_export_manual_{schedule}", schedule=timetable, start_date=start, catchup=False) as dag:
+        CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=CONN_ID, table=engine.table)
+    run = run_dag_test(dag)
+    assert str(run.state) in ("failed", "DagRunState.FAILED")
+    text = _task_failure_text(capsys, caplog)
+    assert "This run's data interval is a single instant" in text
+    assert "AttributeError" not in text and "no attribute" not in text
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("engine", ["sqlite"], indirect=True)
+def test_manual_runs_continue_from_the_last_successful_run(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, airflow_db: None
+) -> None:
+    """The second run reads prev_data_interval_end_success (a lazy proxy around a datetime) as its window's start."""
+    from airflow.sdk import DAG
+
+    sim = cartesia_simulator
+    t1 = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    t2 = t1 + timedelta(hours=1)
+    before = quick(sim, created_at=t1 - timedelta(minutes=30))
+    between = quick(sim, created_at=t1 + timedelta(minutes=10))
+    quick(sim, created_at=t2 + timedelta(minutes=10))
+    sim.clock.advance_to(t2 + timedelta(minutes=30))
+    start = t1 - timedelta(days=1)
+    with DAG("cartesia_export_manual_chain", schedule=None, start_date=start, catchup=False) as dag:
+        CallBatchToWarehouseOperator(
+            task_id="export",
+            warehouse_conn_id=CONN_ID,
+            table=engine.table,
+            updated_since="{{ dag_run.conf.get('since', '') }}",
+        )
+    first = run_dag_test(dag, logical_date=t1, run_conf={"since": (t1 - timedelta(hours=1)).isoformat()})
+    assert str(first.state) in ("success", "DagRunState.SUCCESS")
+    assert first.get_task_instance("export").xcom_pull(task_ids="export")["batch_ids"] == [before]
+    second = run_dag_test(dag, logical_date=t2)
+    assert str(second.state) in ("success", "DagRunState.SUCCESS")
+    xcom = second.get_task_instance("export").xcom_pull(task_ids="export")
+    assert xcom["window"] == {"updated_since": t1.isoformat(), "updated_before": t2.isoformat()}
+    assert xcom["batch_ids"] == [between]
+
+
+def _airflow_cli(*argv: str) -> None:
+    """Run an ``airflow`` CLI command in this process, on the test metadata DB."""
+    from airflow.cli import cli_parser
+
+    args = cli_parser.get_parser().parse_args(list(argv))
+    args.func(args)
+
+
+@pytest.mark.dagtest
+def test_a_sqlite_connection_made_with_the_cli_exports(
+    tmp_path: Path, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, airflow_db: None
+) -> None:
+    """Without the sqlite provider, ``connections add --conn-type sqlite`` stores type 'generic'; it still works."""
+    import sqlite3
+    import uuid
+
+    from airflow.models import Connection
+    from airflow.utils.session import create_session
+
+    from airflow_provider_cartesia.warehouse import _sqlite_provider_installed
+
+    conn_id = f"cli_sqlite_{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "cli.db"
+    _airflow_cli("connections", "add", conn_id, "--conn-type", "sqlite", "--conn-host", str(path))
+    try:
+        with create_session() as session:
+            stored = session.query(Connection).filter(Connection.conn_id == conn_id).one()
+            assert stored.conn_type == ("sqlite" if _sqlite_provider_installed() else "generic")
+        batch_id = quick(cartesia_simulator)
+        from airflow.sdk import DAG
+
+        start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+        with DAG(f"cartesia_export_{conn_id}", schedule=None, start_date=start, catchup=False) as dag:
+            CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=conn_id, batch_id=batch_id, table="t")
+        run = run_dag_test(dag)
+        assert str(run.state) in ("success", "DagRunState.SUCCESS")
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT COUNT(*) FROM t WHERE batch_id = ?", (batch_id,)).fetchone()[0] == 3
+    finally:
+        _airflow_cli("connections", "delete", conn_id)
+
+
+@pytest.mark.parametrize(
+    ("conn", "hint"),
+    [
+        # What the CLI stores for --conn-type snowflake (or postgres, ...) when that provider is missing.
+        ({"conn_type": "generic", "host": "db.example.com", "port": 5432}, "install the database's provider"),
+        ({"conn_type": "generic", "host": "relative/path.db"}, "absolute path"),
+        ({"conn_type": "http", "host": "example.com"}, "such as postgres, mysql or sqlite"),
+        ({"conn_type": "cartesia", "password": "sk_car_x"}, "such as postgres, mysql or sqlite"),
+    ],
+)
+def test_a_connection_without_a_sql_hook_says_what_to_do(
+    conn: dict[str, Any], hint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_cartesia.warehouse import get_warehouse_hook
+
+    monkeypatch.setenv("AIRFLOW_CONN_NOT_A_DB", json.dumps(conn))
+    with pytest.raises(CartesiaWarehouseSchemaError, match="has no SQL \\(DB-API\\) hook") as caught:
+        get_warehouse_hook("not_a_db")
+    assert hint in str(caught.value)
+    assert "sk_car_x" not in str(caught.value)
+
+
+# -- transient database errors leave the task to its retries ------------------------------------
+
+_LOCKER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN " + sys.argv[2])
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@pytest.mark.parametrize("lock", ["EXCLUSIVE", "IMMEDIATE"])
+def test_a_sqlite_file_locked_by_another_process_is_transient(
+    lock: str,
+    tmp_path: Path,
+    cartesia_simulator: CartesiaSimulator,
+    cartesia_conn_id: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another process holds the file's lock (EXCLUSIVE: nobody reads; IMMEDIATE: nobody writes)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    path = tmp_path / "locked.db"
+    conn = {"conn_type": "sqlite", "host": str(path), "extra": {"timeout": 0}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+    batch_id = quick(cartesia_simulator)
+    op = CallBatchToWarehouseOperator(task_id="export", warehouse_conn_id=CONN_ID, table="t", batch_id=batch_id)
+    op.execute({})
+    locker = subprocess.Popen(
+        [sys.executable, "-c", _LOCKER, str(path), lock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert locker.stdout is not None and locker.stdout.readline().strip() == "locked"
+        with pytest.raises(CartesiaWarehouseError) as caught:
+            op.execute({})
+        assert not isinstance(caught.value, (CartesiaWarehouseSchemaError, AirflowFailException))
+        assert caught.value.code is not None and caught.value.code.startswith("SQLITE_BUSY")
+        assert "retries apply" in str(caught.value)
+    finally:
+        locker.communicate("\n", timeout=60)
+    assert op.execute({})["rows_written"] == 3, "the retry succeeds once the lock is gone"
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_a_lock_timeout_while_reading_the_table_is_transient(
+    engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another session holds an ACCESS EXCLUSIVE lock (a migration): the read of the table's shape times out."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    conn = {**json.loads(engine.conn_json), "extra": {"options": "-c lock_timeout=50"}}
+    monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))
+    batch_id = quick(cartesia_simulator)
+    operator(engine, batch_id=batch_id).execute({})
+    holder = engine.connect()
+    try:
+        holder.execute(f"LOCK TABLE {engine.table} IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(CartesiaWarehouseError) as caught:
+            operator(engine, batch_id=batch_id).execute({})
+        assert not isinstance(caught.value, (CartesiaWarehouseSchemaError, AirflowFailException))
+        assert caught.value.code == "55P03" and "Could not read table" in str(caught.value)
+        assert "retries apply" in str(caught.value)
+    finally:
+        holder.rollback()
+        holder.close()
+    assert operator(engine, batch_id=batch_id).execute({})["rows_written"] == 3
+
+
+def test_a_bad_sqlite_timeout_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from airflow_provider_cartesia.rows import RECIPIENT_COLUMNS
+    from airflow_provider_cartesia.warehouse import WarehouseWriter, _sqlite_provider_installed, get_warehouse_hook
+
+    if _sqlite_provider_installed():
+        pytest.skip("the sqlite provider's own hook reads its extras its way")
+    conn = {"conn_type": "sqlite", "host": str(tmp_path / "x.db"), "extra": {"timeout": "soon"}}
+    monkeypatch.setenv("AIRFLOW_CONN_BADTIMEOUT", json.dumps(conn))
+    with pytest.raises(CartesiaWarehouseSchemaError, match="extra 'timeout'"):
+        WarehouseWriter(get_warehouse_hook("badtimeout"), "t", RECIPIENT_COLUMNS).connection  # noqa: B018

@@ -162,6 +162,63 @@ def test_db_error_description_never_includes_the_message() -> None:
     assert describe_db_error(mysql_like) == ("Exception", "1062", "")
 
 
+def _driver_errors() -> list[tuple[BaseException, bool]]:
+    import MySQLdb
+    import psycopg
+    import psycopg.errors as pg
+
+    return [
+        (pg.DeadlockDetected(), True),
+        (pg.SerializationFailure(), True),
+        (pg.LockNotAvailable(), True),  # lock_timeout
+        (pg.QueryCanceled(), True),  # statement_timeout
+        (pg.AdminShutdown(), True),
+        (pg.TooManyConnections(), True),
+        (psycopg.OperationalError("the connection is lost"), True),  # no SQLSTATE: the connection is gone
+        (pg.UndefinedTable(), False),
+        (pg.InsufficientPrivilege(), False),
+        (pg.UniqueViolation(), False),
+        (pg.UntranslatableCharacter(), False),
+        (MySQLdb.OperationalError(1205, "Lock wait timeout exceeded"), True),
+        (MySQLdb.OperationalError(1213, "Deadlock found"), True),
+        (MySQLdb.OperationalError(2006, "server has gone away"), True),
+        (MySQLdb.OperationalError(2013, "Lost connection"), True),
+        (MySQLdb.ProgrammingError(1146, "Table doesn't exist"), False),
+        (MySQLdb.OperationalError(1142, "command denied"), False),
+        (MySQLdb.IntegrityError(1062, "Duplicate entry"), False),
+        (ValueError("not a database error"), False),
+    ]
+
+
+def test_transient_database_errors_are_told_from_lasting_ones() -> None:
+    from airflow_provider_cartesia.warehouse import is_transient_db_error
+
+    for exc, transient in _driver_errors():
+        assert is_transient_db_error(exc) is transient, (type(exc).__name__, exc.args)
+
+
+def test_sqlite_busy_and_locked_are_transient(tmp_path: Path) -> None:
+    import sqlite3
+
+    from airflow_provider_cartesia.warehouse import is_transient_db_error
+
+    path = tmp_path / "busy.db"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("CREATE TABLE t (x)")
+    holder.execute("BEGIN EXCLUSIVE")
+    other = sqlite3.connect(path, timeout=0)
+    try:
+        with pytest.raises(sqlite3.OperationalError) as busy:
+            other.execute("SELECT * FROM t")
+        with pytest.raises(sqlite3.OperationalError) as missing:
+            sqlite3.connect(":memory:").execute("SELECT * FROM no_such_table")
+    finally:
+        other.close()
+        holder.close()
+    assert is_transient_db_error(busy.value)
+    assert not is_transient_db_error(missing.value)
+
+
 # -- on each engine ---------------------------------------------------------------------------
 
 
@@ -436,8 +493,12 @@ def test_psycopg2_connections_use_execute_values(engine: Engine) -> None:
         assert writer.insert_method == "execute_values"
         writer.ensure_table()
         writer.replace_batch("acb_p2", rows_of(writer, make_batch("acb_p2", 20, metadata=HOSTILE_METADATA)))
+        nul = make_batch("acb_p2_nul", 2, metadata={"n": "a\x00b"}, name="x\x00y")
+        writer.replace_batch("acb_p2_nul", lambda: rows_of(writer, nul))
     assert engine.count("acb_p2") == 20
     assert json_value(engine.rows(columns="metadata")[0][0]) == HOSTILE_METADATA
+    stored = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = %s", ("acb_p2_nul",))
+    assert [(name, json_value(meta)) for name, meta in stored] == [("x\ufffdy", {"n": "a\ufffdb"})] * 2
 
 
 def test_sqlite_works_without_the_sqlite_provider(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -466,3 +527,286 @@ def test_a_connection_without_a_sql_hook_is_refused(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("AIRFLOW_CONN_NOTSQL", '{"conn_type": "cartesia", "password": "sk_car_x"}')
     with pytest.raises(CartesiaWarehouseSchemaError, match="no SQL"):
         get_warehouse_hook("notsql")
+
+
+# -- names the engines reserve, characters they cannot store -------------------------------------
+
+
+@pytest.mark.parametrize("word", ["values", "index", "lateral", "concurrently", "returning", "order", "user"])
+def test_every_identifier_is_quoted_so_reserved_words_work(engine: Engine, word: str) -> None:
+    """Words one engine's dialect does not know to be reserved (values, index on SQLite; lateral,
+    concurrently on PostgreSQL; returning) as table and schema names: created, written, rewritten."""
+    quote = "`{}`" if engine.name == "mysql" else '"{}"'
+    engine.drops(f"DROP TABLE IF EXISTS {quote.format(word)}")
+    with writer_for(engine, word) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_w", rows_of(writer, make_batch("acb_w", 3)))
+        assert writer.replace_batch("acb_w", rows_of(writer, make_batch("acb_w", 3))) == 3
+        assert writer.ensure_table(create=False) == []
+    assert engine.count("acb_w", table=quote.format(word)) == 3
+    if engine.name == "sqlite":
+        engine.execute(f"DROP TABLE {quote.format(word)}")
+        return
+    # A reserved word as the schema too.
+    schema = f"{word}_{engine.table[-6:]}" if engine.name == "mysql" else word
+    if engine.name == "postgres":
+        engine.execute(f"CREATE SCHEMA IF NOT EXISTS {quote.format(schema)}")
+        engine.drops(f"DROP SCHEMA IF EXISTS {quote.format(schema)} CASCADE")
+        table = f"{schema}.{engine.table}"
+    else:
+        engine.execute(f"CREATE DATABASE {quote.format(schema)}")
+        engine.drops(f"DROP DATABASE IF EXISTS {quote.format(schema)}")
+        table = f"{schema}.{word}"
+    with writer_for(engine, table) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_s", rows_of(writer, make_batch("acb_s", 2)))
+    qualified = ".".join(quote.format(p) for p in table.split("."))
+    assert engine.count("acb_s", table=qualified) == 2
+
+
+@pytest.mark.parametrize("engine", ["postgres"], indirect=True)
+def test_postgres_names_fold_as_unquoted_names_do(engine: Engine) -> None:
+    """Quoting keeps PostgreSQL's folding: a table made unquoted as Mixed_Case is found as mixed_case."""
+    mixed = f"Mixed_{engine.table}"
+    ddl = WarehouseTable(get_warehouse_hook(CONN_ID), engine.table, RECIPIENT_COLUMNS).create_sql()
+    engine.execute(ddl.replace(f'"{engine.table}"', mixed))  # unquoted: PostgreSQL stores it lower case
+    engine.drops(f"DROP TABLE IF EXISTS {mixed.lower()}")
+    with writer_for(engine, mixed) as writer:
+        assert writer.table.qualified == f'"{mixed.lower()}"'
+        assert writer.ensure_table(create=False) == []
+        writer.replace_batch("acb_f", rows_of(writer, make_batch("acb_f", 2)))
+    assert engine.count("acb_f", table=mixed) == 2
+
+
+def test_nul_characters_are_stored(engine: Engine) -> None:
+    """The API can return U+0000 in metadata and text; PostgreSQL stores neither in TEXT nor in JSONB (22P05)."""
+    metadata = {"note": "a\x00b", "k\x00ey": ["\x00", {"deep": "x\x00"}], "literal": "\\u0000 is text"}
+    batch = make_batch("acb_nul", 3, metadata=metadata, name="Renewals\x00 2026")
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        assert writer.replace_batch("acb_nul", rows_of(writer, batch)) == 3
+    (name, stored) = engine.query(f"SELECT batch_name, metadata FROM {engine.table} WHERE batch_id = ?", ("acb_nul",))[
+        0
+    ]
+    if engine.name == "postgres":
+        assert name == "Renewals\ufffd 2026"
+        assert json_value(stored) == {
+            "note": "a\ufffdb",
+            "k\ufffdey": ["\ufffd", {"deep": "x\ufffd"}],
+            "literal": "\\u0000 is text",
+        }
+    else:
+        assert name == "Renewals\x00 2026"
+        assert json_value(stored) == metadata
+
+
+def test_only_rows_with_nul_change() -> None:
+    from airflow_provider_cartesia.rows import Column
+    from airflow_provider_cartesia.warehouse import without_nul
+
+    columns = [Column("a", "text", ""), Column("n", "integer", ""), Column("j", "json", ""), Column("b", "text", "")]
+    escaped = ("a", 1, '{"x":"\\\\u0000"}', None)  # an escaped backslash before u0000 is no NUL
+    assert list(without_nul([escaped], columns)) == [escaped]
+    clean = ("日本語 📞 Zoë", 2, '{"x":"y"}', "b")
+    assert next(without_nul([clean], columns)) is clean, "no copy of a clean row"
+    assert list(without_nul([("a\x00", 3, '{"x\\u0000":"\\u0000"}', "\x00")], columns)) == [
+        ("a\ufffd", 3, '{"x\ufffd":"\ufffd"}', "\ufffd")
+    ]
+
+
+# -- MySQL/MariaDB storage engines --------------------------------------------------------------
+
+
+def _storage_engine(engine: Engine, table: str) -> str:
+    query = "SELECT ENGINE FROM information_schema.TABLES WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ?"
+    return str(engine.query(query, (table,))[0][0])
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_tables_are_created_innodb_whatever_the_default_engine(engine: Engine) -> None:
+    from airflow.providers.mysql.hooks.mysql import MySqlHook
+
+    hook = MySqlHook(mysql_conn_id=CONN_ID, init_command="SET SESSION default_storage_engine = MyISAM")
+    with WarehouseWriter(hook, engine.table, RECIPIENT_COLUMNS) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_i", rows_of(writer, make_batch("acb_i", 2)))
+    assert _storage_engine(engine, engine.table) == "InnoDB"
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+@pytest.mark.parametrize("storage", ["MyISAM", "Aria"])
+def test_a_table_without_transactions_is_refused(engine: Engine, storage: str) -> None:
+    """On MyISAM or Aria a failed export would leave half a batch while claiming the old rows intact: refused."""
+    ddl = WarehouseTable(get_warehouse_hook(CONN_ID), engine.table, RECIPIENT_COLUMNS).create_sql()
+    short_keys = ddl.replace("VARCHAR(255) COLLATE", "VARCHAR(100) COLLATE")  # MyISAM keys: 1,000 bytes at most
+    engine.execute(short_keys.replace("ENGINE=InnoDB", f"ENGINE={storage}"))
+    assert _storage_engine(engine, engine.table) == storage
+    with writer_for(engine) as writer:
+        writer.replace_batch("acb_old", rows_of(writer, make_batch("acb_old", 4)))  # rows of an earlier version
+        with pytest.raises(CartesiaWarehouseSchemaError, match=f"uses the {storage} storage engine") as caught:
+            writer.ensure_table()
+    assert "ENGINE=InnoDB" in str(caught.value)
+    assert engine.count("acb_old") == 4
+    engine.execute(f"ALTER TABLE {engine.table} ENGINE=InnoDB")  # what the message says to do
+    with writer_for(engine) as writer:
+        assert writer.ensure_table() == []
+
+
+# -- concurrent writers ---------------------------------------------------------------------------
+
+
+def _session_id(engine: Engine, conn: Any) -> int | None:
+    if engine.name == "postgres":
+        return int(conn.info.backend_pid)
+    if engine.name == "mysql":
+        return int(conn.thread_id())
+    return None  # SQLite: the wait happens inside the library, with nothing to observe
+
+
+def _wait_until_blocked(engine: Engine, session: int | None) -> None:
+    """Return once the server shows ``session`` waiting for a lock (polls, bounded; no sleep)."""
+    if session is None:
+        return
+    if engine.name == "postgres":
+        sql = "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s"
+    else:
+        sql = (
+            "SELECT LOCATE('lock', LOWER(COALESCE(p.STATE, ''))) > 0 OR t.trx_state = 'LOCK WAIT' "
+            "FROM information_schema.PROCESSLIST p LEFT JOIN information_schema.INNODB_TRX t "
+            "ON t.trx_mysql_thread_id = p.ID WHERE p.ID = %s"
+        )
+    conn = engine.connect()
+    try:
+        for _ in range(5000):
+            cur = conn.cursor()
+            cur.execute(sql, (session,))
+            row = cur.fetchone()
+            conn.commit()
+            if row and row[0]:
+                return
+        raise AssertionError(f"session {session} never waited for the other writer")
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("earlier", [True, False], ids=["re_export", "first_export"])
+def test_two_exports_of_one_batch_at_once_both_succeed(engine: Engine, earlier: bool) -> None:
+    """Writer B starts while A is inside its transaction: B waits for A (or retries), never fails, never doubles.
+
+    Unserialized, PostgreSQL fails B with a primary-key violation and MariaDB deadlocks a first export.
+    """
+    import threading
+
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_other", rows_of(writer, make_batch("acb_other", 5)))
+        if earlier:
+            writer.replace_batch("acb_c", rows_of(writer, make_batch("acb_c", 400, status="queued")))
+    a_inside, b_session, errors = threading.Event(), [], []
+    b_connected = threading.Event()
+
+    def a_rows(writer: WarehouseWriter) -> Iterator[tuple[Any, ...]]:
+        for i, row in enumerate(rows_of(writer, make_batch("acb_c", 400, status="completed"))):
+            if i == 200 and not a_inside.is_set():  # only the first try waits for B
+                a_inside.set()
+                assert b_connected.wait(60), "B never started"
+                _wait_until_blocked(engine, b_session[0])
+            yield row
+
+    def run(name: str) -> None:
+        try:
+            with writer_for(engine) as writer:
+                if name == "a":
+                    writer.replace_batch("acb_c", lambda: a_rows(writer))
+                else:
+                    b_session.append(_session_id(engine, writer.connection))
+                    b_connected.set()
+                    failed = make_batch("acb_c", 300, status="failed", end_reason="dial_busy")
+                    writer.replace_batch("acb_c", lambda: rows_of(writer, failed))
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append((name, exc))
+            a_inside.set()
+            b_connected.set()
+
+    a = threading.Thread(target=run, args=("a",))
+    a.start()
+    assert a_inside.wait(60)
+    b = threading.Thread(target=run, args=("b",))
+    b.start()
+    a.join(120)
+    b.join(120)
+    assert not a.is_alive() and not b.is_alive()
+    assert errors == []
+    # B started last and waited for A: its rows are the batch now, one per recipient.
+    assert engine.count("acb_c") == 300
+    assert engine.query(f"SELECT DISTINCT status FROM {engine.table} WHERE batch_id = ?", ("acb_c",)) == [("failed",)]
+    assert engine.count("acb_other") == 5
+
+
+@pytest.mark.parametrize("engine", ["mysql", "postgres"], indirect=True)
+def test_concurrent_exports_of_neighbouring_batches_both_succeed(engine: Engine) -> None:
+    """Different batches of one table at once (InnoDB's gap locks can deadlock them): a deadlock is tried again."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = [f"acb_n{i}" for i in range(4)]
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        for batch_id in ids:
+            writer.replace_batch(batch_id, rows_of(writer, make_batch(batch_id, 200, status="queued")))
+
+    def export(batch_id: str) -> int:
+        with writer_for(engine) as writer:
+            return writer.replace_batch(batch_id, lambda: rows_of(writer, make_batch(batch_id, 250)))
+
+    for _ in range(3):
+        with ThreadPoolExecutor(len(ids)) as pool:
+            assert list(pool.map(export, ids)) == [250] * len(ids)
+    assert [engine.count(b) for b in ids] == [250] * len(ids)
+
+
+@pytest.mark.parametrize("engine", ["mysql"], indirect=True)
+def test_a_writer_that_waits_too_long_for_another_gives_up_and_writes_nothing(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_cartesia import warehouse
+
+    with writer_for(engine) as writer:
+        writer.ensure_table()
+        writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 3, status="queued")))
+        key = writer.table.batch_lock_key("acb_l")
+        holder = engine.connect()  # another export of the same batch, holding the lock
+        try:
+            cur = holder.cursor()
+            cur.execute("SELECT GET_LOCK(%s, 0)", (key,))
+            assert cur.fetchall()[0][0] == 1
+            monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 0)
+            with pytest.raises(CartesiaWarehouseError, match="waited 0 s for another export") as caught:
+                writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 5)))
+            assert not isinstance(caught.value, CartesiaWarehouseSchemaError), "a try later may succeed"
+        finally:
+            holder.close()
+        monkeypatch.setattr(warehouse, "LOCK_WAIT_SECONDS", 30)
+        assert writer.replace_batch("acb_l", rows_of(writer, make_batch("acb_l", 5))) == 5
+    assert engine.count("acb_l") == 5
+
+
+def test_writers_that_create_the_table_at_the_same_moment_all_succeed(engine: Engine) -> None:
+    """PostgreSQL's CREATE TABLE IF NOT EXISTS can fail (23505 on pg_type) when another session creates the same
+    table at that moment: the table exists then, and the export goes on."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    for round_ in range(3):
+        table = f"{engine.table}_{round_}"
+        engine.drops(f"DROP TABLE IF EXISTS {table}")
+        start = threading.Barrier(4)
+
+        def export(batch_id: str, table: str = table, start: threading.Barrier = start) -> int:
+            with writer_for(engine, table) as writer:
+                start.wait(60)
+                writer.ensure_table()
+                return writer.replace_batch(batch_id, lambda: rows_of(writer, make_batch(batch_id, 20)))
+
+        with ThreadPoolExecutor(4) as pool:
+            assert list(pool.map(export, [f"acb_{i}" for i in range(4)])) == [20] * 4
+        assert engine.count(table=table) == 80

@@ -8,10 +8,9 @@ the batches, :mod:`airflow_provider_cartesia.rows` turns each into rows and
 from __future__ import annotations
 
 import ast
-import logging
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
@@ -39,8 +38,6 @@ if TYPE_CHECKING:
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
     from airflow_provider_cartesia.warehouse import WarehouseWriter
-
-log = logging.getLogger(__name__)
 
 DEFAULT_TABLE = "cartesia_call_batch_recipients"
 ASSET_SCHEME = "cartesia-warehouse"
@@ -284,13 +281,17 @@ class CallBatchToWarehouseOperator(BaseOperator):
                 keep_transcript=self.include_transcript,
             )
         fetched = time.monotonic()
-        rows = batch_rows(
-            batch,
-            exported_at=datetime.now(timezone.utc),
-            adapt_time=writer.adapt_time,
-            calls=calls,
-            include_transcript=self.include_transcript,
-        )
+        exported_at = datetime.now(timezone.utc)
+
+        def rows() -> Iterator[tuple[Any, ...]]:  # made again if a deadlock makes the writer try again
+            return batch_rows(
+                batch,
+                exported_at=exported_at,
+                adapt_time=writer.adapt_time,
+                calls=calls,
+                include_transcript=self.include_transcript,
+            )
+
         written = writer.replace_batch(batch.id, rows)
         by_status, by_end_reason = status_counts(batch)
         self.log.info(
@@ -342,10 +343,12 @@ class CallBatchToWarehouseOperator(BaseOperator):
         """
         since = _as_aware(self.updated_since, "updated_since")
         before = _as_aware(self.updated_before, "updated_before")
-        start = _as_aware(context.get("data_interval_start"), "data_interval_start")
-        end = _as_aware(context.get("data_interval_end"), "data_interval_end")
+        start = _as_aware(context_value(context, "data_interval_start"), "data_interval_start")
+        end = _as_aware(context_value(context, "data_interval_end"), "data_interval_end")
         if since is None and start is not None and start == end:
-            previous = _as_aware(context.get("prev_data_interval_end_success"), "prev_data_interval_end_success")
+            previous = _as_aware(
+                context_value(context, "prev_data_interval_end_success"), "prev_data_interval_end_success"
+            )
             if previous is None or previous >= start:
                 raise AirflowFailException(
                     f"This run's data interval is a single instant ({start.isoformat()}; Airflow 3's default cron "
@@ -387,8 +390,11 @@ class CallBatchToWarehouseOperator(BaseOperator):
 
         api = urlsplit(self.hook.settings.base_url)
         inputs = [(f"cartesia://{api.netloc}", f"agents/calls/batches/{b}") for b in self._exported]
+        from airflow_provider_cartesia.warehouse import is_sqlite_connection
+
         conn = BaseHook.get_connection(self.warehouse_conn_id)
-        return inputs, table_dataset(conn.conn_type, conn.host, conn.port, conn.schema, parse_table_name(self.table))
+        kind = "sqlite" if is_sqlite_connection(conn.conn_type, conn.host, conn.port) else conn.conn_type
+        return inputs, table_dataset(kind, conn.host, conn.port, conn.schema, parse_table_name(self.table))
 
 
 def table_dataset(
@@ -409,26 +415,36 @@ def table_dataset(
 
 
 def _check_recipients(batch: CallBatch) -> None:
-    """Refuse to replace a batch's rows with nothing when the answer lacks its recipients.
+    """Refuse to replace a batch's rows with an answer that contradicts itself; the rows stay as they were.
 
-    A batch always has at least one recipient (the API refuses an empty create), so an empty list is
-    as wrong as a missing one.
+    A batch always has at least one recipient (the API refuses an empty create), and its
+    ``total_calls_scheduled`` counts them: a list that is empty, longer or shorter than that count,
+    or that names one recipient twice, is a broken answer (a truncating proxy, a bug), not the batch.
     """
     recipients = batch.recipients
+    path = f"/agents/calls/batches/{batch.id}"
+    scheduled = batch.total_calls_scheduled
     if not recipients:
         raise CartesiaResponseError(
-            f"the batch came without its recipients ({batch.total_calls_scheduled:,} scheduled); its rows were "
-            "left as they were",
+            f"the batch came without its recipients ({scheduled:,} scheduled); its rows were left as they were",
             method="GET",
-            path=f"/agents/calls/batches/{batch.id}",
+            path=path,
         )
-    if batch.total_calls_scheduled and len(recipients) != batch.total_calls_scheduled:
-        log.warning(
-            "Batch %s lists %s recipients but schedules %s; exporting the %s listed",
-            batch.id,
-            f"{len(recipients):,}",
-            f"{batch.total_calls_scheduled:,}",
-            f"{len(recipients):,}",
+    counted = "total_calls_scheduled" in batch.model_fields_set
+    if counted and len(recipients) != scheduled:
+        raise CartesiaResponseError(
+            f"the batch lists {len(recipients):,} recipients but counts {scheduled:,} (total_calls_scheduled); "
+            "refusing to replace its rows with an answer that contradicts itself, so they were left as they were",
+            method="GET",
+            path=path,
+        )
+    unique = len({r.id for r in recipients})
+    if unique != len(recipients):
+        raise CartesiaResponseError(
+            f"the batch lists {len(recipients) - unique:,} recipient id(s) more than once; its rows were left as "
+            "they were",
+            method="GET",
+            path=path,
         )
 
 
@@ -455,7 +471,14 @@ def _parse_batch_ids(value: Sequence[str] | str) -> list[str]:
     return list(dict.fromkeys(i for i in ids if i))
 
 
-def _as_aware(value: datetime | str | None, what: str) -> datetime | None:
+def context_value(context: Context | Mapping[str, Any], key: str) -> Any:
+    """``context[key]`` itself, or None: Airflow 3.3 hands some values over as lazy proxies, and a proxy
+    around None is not None."""
+    value = context.get(key)
+    return None if value is None else getattr(value, "__wrapped__", value)
+
+
+def _as_aware(value: Any, what: str) -> datetime | None:
     if value is None or value == "":
         return None
     if isinstance(value, str):
@@ -463,6 +486,8 @@ def _as_aware(value: datetime | str | None, what: str) -> datetime | None:
             value = datetime.fromisoformat(value.strip())
         except ValueError:
             raise AirflowFailException(f"{what} {value!r} is not an ISO 8601 date-time") from None
+    if not isinstance(value, datetime):
+        raise AirflowFailException(f"{what} must be a date-time, got {type(value).__name__}")
     if value.tzinfo is None:
         raise AirflowFailException(f"{what} must carry a time zone (e.g. 2026-06-01T00:00:00+00:00)")
     return value.astimezone(timezone.utc)

@@ -205,6 +205,10 @@ class CartesiaHook(BaseHook):
         except (requests.exceptions.RequestException, Urllib3Error, OSError) as exc:
             what, sent = _requests_failure(exc, settings, deadline.expired)
             raise _transport_error(settings, method, path, exc, what, sent=sent, idempotent=idempotent) from exc
+        if deadline.expired:  # cut off while reading the headers, which http.client may take as their end
+            raise _transport_error(
+                settings, method, path, TimeoutError(), _deadline_passed(settings), sent=True, idempotent=idempotent
+            )
         return self._answer(settings, method, path, response.status_code, response.headers, reader.content(), started)
 
     def _retry_policy(self, settings: ApiSettings, idempotent: bool) -> dict[str, Any]:
@@ -611,6 +615,8 @@ class _Deadline:
         self.expired = False
         self.connections: list[Any] = []
         self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._done = False
 
     def __enter__(self) -> _Deadline:
         self._timer = threading.Timer(self.seconds, self._expire)
@@ -621,11 +627,16 @@ class _Deadline:
 
     def __exit__(self, *exc: object) -> None:
         _Deadline._active.current = None
+        with self._lock:  # an answer read in full is never cut afterwards
+            self._done = True
         if self._timer is not None:
             self._timer.cancel()
 
     def _expire(self) -> None:
-        self.expired = True
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
         for conn in self.connections:
             sock = getattr(conn, "sock", None)
             if sock is not None:

@@ -241,9 +241,7 @@ def _number(conn_id: str, name: str, value: Any, default: float) -> float:
     if value is None or value == "":
         return float(default)
     try:
-        if isinstance(value, bool):
-            raise ValueError("true/false is not a number")
-        number = float(value)
+        number = math.nan if isinstance(value, bool) else float(value)
     except (TypeError, ValueError):
         number = math.nan
     if not math.isfinite(number):

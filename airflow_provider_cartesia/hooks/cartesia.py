@@ -87,7 +87,8 @@ class CartesiaHook(BaseHook):
     ``Retry-After``; creating a batch is never resent once it may have reached Cartesia.
 
     :param cartesia_conn_id: Airflow connection of type ``cartesia``: API key in the password field,
-        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``, ``max_response_bytes``.
+        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``,
+        ``max_response_bytes``.
     :param timeout: read timeout in seconds, overriding the connection's ``timeout`` extra.
     :param max_retries: retries per request, overriding the connection's ``max_retries`` extra.
     """

@@ -194,7 +194,7 @@ def settings_from_connection(conn: Any, *, timeout: float | None = None, max_ret
             "the key (sk_car_...) alone into the password field"
         )
     version = str(extra.get("api_version") or DEFAULT_API_VERSION)
-    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", version):
+    if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", version):  # ASCII: it becomes a header
         raise CartesiaConfigError(
             f"Connection '{conn_id}': api_version {version!r} is not a date; use one of "
             f"{', '.join(SUPPORTED_API_VERSIONS)}"

@@ -37,6 +37,7 @@ from collections.abc import Iterable
 
 _PHONE = re.compile(r"\+?\b[1-9]\d{6,14}\b")
 _API_KEY = re.compile(r"sk_car_[A-Za-z0-9_\-]+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
@@ -336,6 +337,8 @@ def describe_error_body(body: bytes, content_type: str | None, secrets: Iterable
         for key in ("error_code", "title", "message", "request_id"):
             value = data.get(key)
             parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
+        if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
+            parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
         if parts["message"] is None:
             detail = data.get("detail") or data.get("error") or text
             parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]

@@ -185,3 +185,11 @@ def test_one_classification_of_permanent_and_transient(error: CartesiaError, per
 @pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("k"), RuntimeError("x")])
 def test_a_bug_is_neither_permanent_nor_transient(error: Exception):
     assert not is_permanent(error) and not is_transient(error)
+
+
+def test_a_uuid_request_id_is_kept_whole_for_support():
+    """Its first group can be all digits, which the phone redaction used to eat (``<phone>-e8e5-...``)."""
+    body = json.dumps({"message": "Batch not found.", "request_id": "55084001-e8e5-416a-bcbd-04c340212ef7"}).encode()
+    assert describe_error_body(body, "application/json")["request_id"] == "55084001-e8e5-416a-bcbd-04c340212ef7"
+    body = json.dumps({"message": "x", "request_id": "+14155550100"}).encode()
+    assert describe_error_body(body, "application/json")["request_id"] == "<phone>"

@@ -501,3 +501,15 @@ def test_a_netrc_entry_never_replaces_the_api_key(
     assert asyncio.run(hook.aget_call_batch(batch_id)).id == batch_id
     auths = {r.headers["authorization"] for r in cartesia_simulator.requests}
     assert auths == {f"Bearer {cartesia_simulator.api_key}"}
+
+
+ARABIC_INDIC_DATE = "".join(chr(0x0660 + int(c)) if c.isdigit() else c for c in "2026-03-01")
+FULLWIDTH_YEAR = "".join(chr(0xFF10 + int(c)) for c in "2026") + "-03-01"
+
+
+@pytest.mark.parametrize("version", [ARABIC_INDIC_DATE, FULLWIDTH_YEAR, "2026-03-01\n"])
+def test_api_version_must_be_an_ascii_date(version: str, monkeypatch: pytest.MonkeyPatch):
+    """Unicode digits pass ``\\d`` but cannot go into a header; refused with the documented message."""
+    hook = _conn(monkeypatch, "c_version", password=KEY, extra={"api_version": version})
+    with pytest.raises(CartesiaConfigError, match="is not a date"):
+        hook.settings  # noqa: B018

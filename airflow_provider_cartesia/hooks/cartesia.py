@@ -606,7 +606,7 @@ class _Deadline:
 
     A server trickling a byte at a time never trips a read timeout. When the deadline passes, a timer
     shuts the request's socket down, which ends the blocked read at once; the connections are the ones
-    :class:`_DeadlinePool` hands out on this thread while the deadline is active.
+    this thread sends a request on while the deadline is active (see :func:`_make_deadline_adapter`).
     """
 
     _active = threading.local()
@@ -656,14 +656,13 @@ def _make_deadline_adapter() -> Any:
     from requests.adapters import HTTPAdapter
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-    def watched(base: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
-        class Pool(base):  # type: ignore[valid-type,misc]
-            def _get_conn(self, timeout: float | None = None) -> Any:
-                conn = super()._get_conn(timeout)
-                _Deadline.watch(conn)
-                return conn
+    def watched(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+        class Connection(pool.ConnectionCls):  # type: ignore[name-defined]
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                _Deadline.watch(self)
+                super().request(*args, **kwargs)
 
-        return Pool
+        return type(pool.__name__, (pool,), {"ConnectionCls": Connection})
 
     classes = {"http": watched(HTTPConnectionPool), "https": watched(HTTPSConnectionPool)}
 
@@ -674,7 +673,8 @@ def _make_deadline_adapter() -> Any:
 
         def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
             manager = super().proxy_manager_for(proxy, **kwargs)
-            manager.pool_classes_by_scheme = classes
+            if not proxy.lower().startswith("socks"):  # SOCKS pools have their own classes: no overall deadline there
+                manager.pool_classes_by_scheme = classes
             return manager
 
     return DeadlineAdapter()

@@ -125,8 +125,9 @@ class CartesiaHook(BaseHook):
         """Like :attr:`settings`, looked up with Airflow's async connection API (safe in a triggerer)."""
         if "settings" not in self.__dict__:
             conn = await self.aget_connection(self.cartesia_conn_id)
-            self.__dict__["settings"] = settings_from_connection(
-                conn, timeout=self.timeout, max_retries=self.max_retries
+            # Off the event loop: checking the URL imports and runs the HTTP libraries' parsers.
+            self.__dict__["settings"] = await asyncio.to_thread(
+                settings_from_connection, conn, timeout=self.timeout, max_retries=self.max_retries
             )
         return self.__dict__["settings"]
 

@@ -13,10 +13,16 @@
     │   ├── CartesiaRateLimitError       429: concurrency limit; retried after Retry-After
     │   ├── CartesiaServerError          5xx; retried
     │   ├── CartesiaResponseError        a 2xx whose body is not JSON or does not fit the model
+    │   │   ├── CartesiaResponseTooLargeError  a body past the connection's max_response_bytes
+    │   │   └── CartesiaAnswerMismatchError    an answer about another batch or call than the one asked for
     │   └── CartesiaTransportError       no HTTP response: connect failure, timeout, dropped connection
     │       └── CartesiaCreateOutcomeUnknownError  a create that may have reached Cartesia; never resent
+    ├── CartesiaCancelError              some batches of a list could not be cancelled (the others were)
     └── CartesiaWarehouseError           writing export rows to a SQL warehouse failed (batch, table, error kind)
         └── CartesiaWarehouseSchemaError the table name is unsafe, or the table is missing or lacks columns
+
+Whether an error is worth another try has one answer, :func:`is_permanent` (and :func:`is_transient`),
+read by the hook's retries, the wait's failure budget, the export and the cancel operator.
 
 Messages never carry the API key or phone numbers: every text that came from the network passes
 through :func:`redact` before it lands in an exception. Warehouse errors never quote a database
@@ -31,6 +37,7 @@ from collections.abc import Iterable
 
 _PHONE = re.compile(r"\+?\b[1-9]\d{6,14}\b")
 _API_KEY = re.compile(r"sk_car_[A-Za-z0-9_\-]+")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
@@ -158,6 +165,23 @@ class CartesiaResponseError(CartesiaAPIError):
         )
 
 
+class CartesiaResponseTooLargeError(CartesiaResponseError):
+    """The body grew past the connection's ``max_response_bytes`` once decoded; reading stopped there."""
+
+    def hint(self) -> str:
+        return (
+            "A 5,000-recipient batch is a few MB; if a real answer is this large, raise the connection's "
+            "max_response_bytes extra, otherwise check the base URL"
+        )
+
+
+class CartesiaAnswerMismatchError(CartesiaResponseError):
+    """The answer describes another batch or call than the one requested; it is never used."""
+
+    def hint(self) -> str:
+        return "Check the base URL and any proxy or cache in front of the API: it answers for other objects"
+
+
 class CartesiaTransportError(CartesiaAPIError):
     """No HTTP response: the host was unreachable, the connection dropped, or a timeout expired.
 
@@ -193,6 +217,17 @@ class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
         )
 
 
+class CartesiaCancelError(CartesiaError):
+    """Cancelling a list of batches failed for some of them; every batch was tried, the others were cancelled.
+
+    :param failures: ``{batch_id: error}`` for each batch that could not be cancelled.
+    """
+
+    def __init__(self, message: str, *, failures: dict[str, BaseException] | None = None) -> None:
+        self.failures = dict(failures or {})
+        super().__init__(message)
+
+
 class CartesiaWarehouseError(CartesiaError):
     """Writing a batch's rows to the warehouse failed; the batch's previous rows were kept.
 
@@ -222,6 +257,52 @@ class CartesiaWarehouseError(CartesiaError):
 
 class CartesiaWarehouseSchemaError(CartesiaWarehouseError):
     """The table name is not a safe identifier, or the table is missing or lacks columns; retrying cannot help."""
+
+
+PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404, 422})
+"""A wrong request, key or id, or a plan limit: asking again cannot succeed (``x-should-retry`` is ignored)."""
+TRANSIENT_STATUSES = frozenset({408, 429})
+"""With every 5xx: the server may answer next time."""
+
+
+def is_permanent(error: BaseException) -> bool:
+    """Whether asking again cannot succeed, so the error should fail the task at once.
+
+    The one classification: the hook's retries, the wait's failure budget, the export and the cancel
+    operator all ask this. Permanent: a refused or wrong request (400, 401, 402, 403, 404, 422, any
+    other 4xx or 3xx unless ``x-should-retry: true``), an unusable connection or id, a body over the
+    size cap, an answer about another object, a table the export cannot use, and a create whose
+    outcome is unknown (resending could dial twice). Transient: network failures and timeouts, 408,
+    429, 5xx, a 2xx body that could not be read, other warehouse errors. Anything that is not a
+    :class:`CartesiaError` is a bug, not an outage: never permanent, never transient.
+    """
+    if isinstance(
+        error,
+        (
+            CartesiaConfigError,
+            CartesiaInvalidIdError,
+            CartesiaWarehouseSchemaError,
+            CartesiaCreateOutcomeUnknownError,
+            CartesiaResponseTooLargeError,
+            CartesiaAnswerMismatchError,
+        ),
+    ):
+        return True
+    if not isinstance(error, CartesiaAPIError) or isinstance(error, CartesiaTransportError):
+        return False
+    status = error.status_code
+    if status is None:
+        return False
+    if status in PERMANENT_STATUSES:
+        return True
+    if error.should_retry_header is not None:
+        return not error.should_retry_header
+    return not (status in TRANSIENT_STATUSES or status >= 500)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether the same request may succeed later: a :class:`CartesiaError` that is not :func:`is_permanent`."""
+    return isinstance(error, CartesiaError) and not is_permanent(error)
 
 
 def error_class_for_status(status_code: int) -> type[CartesiaAPIError]:
@@ -256,6 +337,8 @@ def describe_error_body(body: bytes, content_type: str | None, secrets: Iterable
         for key in ("error_code", "title", "message", "request_id"):
             value = data.get(key)
             parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
+        if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
+            parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
         if parts["message"] is None:
             detail = data.get("detail") or data.get("error") or text
             parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_cartesia.api import api_path
+from airflow_provider_cartesia.api import api_path, checked_dashboard_url
 from airflow_provider_cartesia.exceptions import CartesiaError
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 
@@ -27,8 +27,11 @@ DASHBOARD_BATCH_PATH = "/agents/calls/batches/{batch_id}"
 
 
 def call_batch_url(dashboard_url: str, batch_id: str) -> str:
-    """``{dashboard_url}/agents/calls/batches/{batch_id}``, the id validated and percent-encoded."""
-    return dashboard_url.rstrip("/") + api_path(DASHBOARD_BATCH_PATH, batch_id=batch_id)
+    """``{dashboard_url}/agents/calls/batches/{batch_id}``, the id validated and percent-encoded.
+
+    The base must be https (or http to loopback): a ``javascript:`` or plain-HTTP link in the UI is refused.
+    """
+    return checked_dashboard_url(dashboard_url) + api_path(DASHBOARD_BATCH_PATH, batch_id=batch_id)
 
 
 class CallBatchLink(BaseOperatorLink):

@@ -7,6 +7,7 @@ Two pure decisions, :func:`should_retry` and :func:`retry_delay`, over the error
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 from collections.abc import Callable, Mapping
 from datetime import datetime, timezone
@@ -15,21 +16,21 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaAPIError,
     CartesiaCreateOutcomeUnknownError,
     CartesiaTransportError,
+    is_transient,
 )
 
 DEFAULT_MAX_RETRIES = 4
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 MAX_RETRY_AFTER = 60.0
-RETRYABLE_STATUSES = frozenset({408, 429})
-NEVER_RETRIED_STATUSES = frozenset({400, 401, 402, 403, 404, 422})
 
 
 def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
     """Seconds to wait from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date).
 
-    Returns ``None`` when absent, unparseable, negative, or above :data:`MAX_RETRY_AFTER` (a server
-    asking for minutes is better served by the sensor's own poke interval than by a blocked call).
+    Returns ``None`` when absent, unparseable, not finite (``nan``, ``inf``), negative, or above
+    :data:`MAX_RETRY_AFTER` (a server asking for minutes is better served by the sensor's own poke
+    interval than by a blocked call).
     """
     lowered = {k.lower(): v for k, v in headers.items()}
     seconds: float | None = None
@@ -37,6 +38,8 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
         try:
             seconds = float(lowered["retry-after-ms"]) / 1000
         except ValueError:
+            seconds = None
+        if seconds is not None and not math.isfinite(seconds):
             seconds = None
     if seconds is None and "retry-after" in lowered:
         value = lowered["retry-after"].strip()
@@ -50,7 +53,7 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
             if when.tzinfo is None:
                 when = when.replace(tzinfo=timezone.utc)
             seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
-    if seconds is None or seconds < 0 or seconds > MAX_RETRY_AFTER:
+    if seconds is None or not math.isfinite(seconds) or seconds < 0 or seconds > MAX_RETRY_AFTER:
         return None
     return seconds
 
@@ -64,7 +67,7 @@ def parse_should_retry(headers: Mapping[str, str]) -> bool | None:
 
 
 def should_retry(error: BaseException, *, idempotent: bool = True) -> bool:
-    """Whether a failed request may be sent again.
+    """Whether a failed request may be sent again: a transient error (:func:`is_transient`), and safe to resend.
 
     A request that is not idempotent (creating a batch) is resent only when it provably never left
     this machine: a connect failure. Anything else may have reached Cartesia, and with no
@@ -74,16 +77,7 @@ def should_retry(error: BaseException, *, idempotent: bool = True) -> bool:
         return False
     if isinstance(error, CartesiaTransportError):
         return idempotent or not error.sent
-    if not isinstance(error, CartesiaAPIError) or error.status_code is None:
-        return False
-    if not idempotent:
-        return False
-    status = error.status_code
-    if status in NEVER_RETRIED_STATUSES:
-        return False
-    if error.should_retry_header is not None:
-        return error.should_retry_header
-    return status in RETRYABLE_STATUSES or status >= 500
+    return idempotent and is_transient(error)
 
 
 def retry_delay(

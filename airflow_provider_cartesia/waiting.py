@@ -40,13 +40,7 @@ from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
 from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
 
-from airflow_provider_cartesia.exceptions import (
-    CartesiaAPIError,
-    CartesiaAuthError,
-    CartesiaBadRequestError,
-    CartesiaError,
-    CartesiaNotFoundError,
-)
+from airflow_provider_cartesia.exceptions import CartesiaError, is_permanent
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY
 from airflow_provider_cartesia.models import BatchStatus, CallBatch, WaitFor, classify_batch
@@ -85,11 +79,8 @@ class CallBatchWaitError(CartesiaError):
 
 
 def is_fatal(error: BaseException) -> bool:
-    """Whether asking again cannot fix a failed poll: a refused key (401/403), an unknown batch (404),
-    a rejected request (400/422, e.g. the api_version), or a connection or id that is unusable."""
-    if isinstance(error, (CartesiaAuthError, CartesiaNotFoundError, CartesiaBadRequestError)):
-        return True
-    return isinstance(error, CartesiaError) and not isinstance(error, CartesiaAPIError)
+    """Whether asking again cannot fix a failed poll: :func:`~airflow_provider_cartesia.exceptions.is_permanent`."""
+    return is_permanent(error)
 
 
 def scheduled_wait(batch: CallBatch | None, poll_interval: float, now: float) -> float | None:

@@ -7,17 +7,28 @@ import json
 import pytest
 
 from airflow_provider_cartesia.exceptions import (
+    CartesiaAnswerMismatchError,
     CartesiaAPIError,
     CartesiaAuthError,
     CartesiaBadRequestError,
+    CartesiaCancelError,
+    CartesiaConfigError,
+    CartesiaCreateOutcomeUnknownError,
     CartesiaError,
+    CartesiaInvalidIdError,
     CartesiaNotFoundError,
     CartesiaPaymentRequiredError,
     CartesiaRateLimitError,
+    CartesiaResponseError,
+    CartesiaResponseTooLargeError,
     CartesiaServerError,
     CartesiaTransportError,
+    CartesiaWarehouseError,
+    CartesiaWarehouseSchemaError,
     describe_error_body,
     error_class_for_status,
+    is_permanent,
+    is_transient,
     redact,
 )
 
@@ -118,3 +129,67 @@ def test_redact_removes_keys_secrets_and_phone_numbers():
 def test_auth_error_says_what_to_check():
     error = CartesiaAuthError("Invalid API key", status_code=401, conn_id="cartesia_prod", method="GET", path="/x")
     assert "password field of Airflow connection 'cartesia_prod'" in str(error)
+
+
+# -- one classification: permanent or transient ------------------------------------------------------
+
+
+def _status(status: int, header: bool | None = None) -> CartesiaAPIError:
+    return error_class_for_status(status)("x", status_code=status, should_retry_header=header)
+
+
+@pytest.mark.parametrize(
+    ("error", "permanent"),
+    [
+        (_status(400), True),
+        (_status(401), True),
+        (_status(402), True),
+        (_status(403), True),
+        (_status(404), True),
+        (_status(422), True),
+        (_status(401, header=True), True),
+        (_status(409), True),
+        (_status(409, header=True), False),
+        (_status(301), True),
+        (_status(418), True),
+        (_status(408), False),
+        (_status(429), False),
+        (_status(500), False),
+        (_status(503), False),
+        (_status(503, header=False), True),
+        (CartesiaTransportError("dropped", sent=True), False),
+        (CartesiaTransportError("refused", sent=False), False),
+        (CartesiaCreateOutcomeUnknownError("no answer", sent=True), True),
+        (CartesiaResponseError("not JSON"), False),
+        (CartesiaResponseTooLargeError("over the cap"), True),
+        (CartesiaAnswerMismatchError("another batch"), True),
+        (CartesiaConfigError("no key"), True),
+        (CartesiaInvalidIdError("../x"), True),
+        (CartesiaWarehouseSchemaError("missing column"), True),
+        (CartesiaWarehouseError("deadlock"), False),
+        (CartesiaCancelError("some failed"), False),
+    ],
+)
+def test_one_classification_of_permanent_and_transient(error: CartesiaError, permanent: bool):
+    """The single answer read by the hook's retries, the wait's budget, the export and the cancel operator."""
+    from airflow_provider_cartesia.retry import should_retry
+    from airflow_provider_cartesia.waiting import is_fatal
+
+    assert is_permanent(error) is permanent
+    assert is_transient(error) is not permanent
+    assert is_fatal(error) is permanent, "the wait's failure budget asks the same question"
+    if not isinstance(error, (CartesiaTransportError, CartesiaWarehouseError, CartesiaConfigError)):
+        assert should_retry(error) is not permanent, "the hook retries exactly the transient ones"
+
+
+@pytest.mark.parametrize("error", [ValueError("a bug"), KeyError("k"), RuntimeError("x")])
+def test_a_bug_is_neither_permanent_nor_transient(error: Exception):
+    assert not is_permanent(error) and not is_transient(error)
+
+
+def test_a_uuid_request_id_is_kept_whole_for_support():
+    """Its first group can be all digits, which the phone redaction used to eat (``<phone>-e8e5-...``)."""
+    body = json.dumps({"message": "Batch not found.", "request_id": "55084001-e8e5-416a-bcbd-04c340212ef7"}).encode()
+    assert describe_error_body(body, "application/json")["request_id"] == "55084001-e8e5-416a-bcbd-04c340212ef7"
+    body = json.dumps({"message": "x", "request_id": "+14155550100"}).encode()
+    assert describe_error_body(body, "application/json")["request_id"] == "<phone>"

@@ -571,7 +571,7 @@ def test_wrong_key_names_the_connection(cartesia_simulator: CartesiaSimulator, m
         ({"conn_type": "cartesia", "host": "http://api.cartesia.ai", "password": "sk_car_k"}, "plain HTTP"),
         ({"conn_type": "cartesia", "host": "http://10.0.0.5:8089", "password": "sk_car_k"}, "plain HTTP"),
         ({"conn_type": "cartesia", "password": "sk_car_k", "extra": {"api_version": "latest"}}, "not a date"),
-        ({"conn_type": "cartesia", "password": "sk_car_k", "extra": {"timeout": "soon"}}, "must be numbers"),
+        ({"conn_type": "cartesia", "password": "sk_car_k", "extra": {"timeout": "soon"}}, "must be a finite number"),
         ({"conn_type": "cartesia", "host": "ftp://x", "password": "sk_car_k"}, "is not a URL"),
     ],
 )

@@ -23,7 +23,7 @@ import pytest
 from airflow.sdk import DAG
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from airflow_provider_cartesia.exceptions import CartesiaServerError
+from airflow_provider_cartesia.exceptions import CartesiaCancelError, CartesiaServerError
 from airflow_provider_cartesia.idempotency import (
     CLOCK_SKEW_MARGIN,
     part_name,
@@ -32,6 +32,7 @@ from airflow_provider_cartesia.idempotency import (
 )
 from airflow_provider_cartesia.models import CallBatch
 from airflow_provider_cartesia.operators.call_batch import (
+    CANCELLED_XCOM_KEY,
     VERIFY_DELAY,
     CancelCallBatchOperator,
     CreateCallBatchOperator,
@@ -609,6 +610,45 @@ def test_cancel_retries_transient_errors_then_succeeds(
     op.hook._sleep = sleeps
     assert op.execute({"ti": FakeTI()})["status"] == "cancelled"
     assert sim.count("POST", f"{BATCHES}/*/cancel") == 2
+
+
+def test_cancel_of_a_list_tries_every_batch_then_names_those_it_could_not_cancel(
+    cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator
+) -> None:
+    """A 404 in the middle of the list stops nothing: the later batches are cancelled, then the task fails."""
+    sim = cartesia_simulator
+    first = sim.seed_batch(recipients=3, call_seconds=(100.0, 200.0))
+    last = sim.seed_batch(recipients=3, call_seconds=(100.0, 200.0))
+    sim.clock.advance(1.5)
+    ti = FakeTI()
+    op = CancelCallBatchOperator(task_id="cancel", batch_id=[first, "acb_missing", last])
+    with pytest.raises(AirflowFailException, match=r"Could not cancel 1 of 3 call batches \(acb_missing\)") as info:
+        op.execute({"ti": ti})
+    assert "404" in str(info.value)
+    assert sim.batch(first)["status"] == "cancelled" and sim.batch(last)["status"] == "cancelled"
+    assert [s["batch_id"] for s in ti.xcom[CANCELLED_XCOM_KEY]] == [first, last]
+
+
+def test_cancel_of_a_list_with_a_transient_failure_leaves_the_task_to_its_retries(
+    cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator, sleeps: SleepRecorder
+) -> None:
+    """A 503 that outlasts the hook's retries on one batch: the others are still cancelled, and the
+    error is not an AirflowFailException, so the task's retries try again (cancelling twice is harmless)."""
+    sim = cartesia_simulator
+    stuck, other = (sim.seed_batch(recipients=2, call_seconds=(100.0, 200.0)) for _ in range(2))
+    sim.clock.advance(1.5)
+    sim.inject("POST", f"{BATCHES}/{stuck}/cancel", Fault.server_error(503), times=50)
+    op = CancelCallBatchOperator(task_id="cancel", batch_id=[stuck, other, "acb_gone"])
+    op.hook._sleep = sleeps
+    ti = FakeTI()
+    with pytest.raises(CartesiaCancelError) as info:
+        op.execute({"ti": ti})
+    assert not isinstance(info.value, AirflowFailException)
+    assert set(info.value.failures) == {stuck, "acb_gone"}
+    assert f"Could not cancel 2 of 3 call batches ({stuck}, acb_gone)" in str(info.value)
+    assert "503" in str(info.value) and "404" in str(info.value)
+    assert sim.batch(other)["status"] == "cancelled" and sim.batch(stuck)["status"] != "cancelled"
+    assert [s["batch_id"] for s in ti.xcom[CANCELLED_XCOM_KEY]] == [other]
 
 
 # -- through dag.test(): a retry, a clear, and waiting in both modes -----------------------------------

@@ -7,9 +7,12 @@ from datetime import datetime, timezone
 import pytest
 
 from airflow_provider_cartesia.exceptions import (
+    CartesiaAnswerMismatchError,
     CartesiaAPIError,
+    CartesiaConfigError,
     CartesiaCreateOutcomeUnknownError,
     CartesiaResponseError,
+    CartesiaResponseTooLargeError,
     CartesiaTransportError,
     error_class_for_status,
 )
@@ -54,7 +57,11 @@ def status_error(status: int, *, retry_after: float | None = None, header: bool 
         (CartesiaTransportError("t", sent=False), False, True),
         (CartesiaTransportError("t", sent=True), False, False),
         (CartesiaCreateOutcomeUnknownError("t", sent=True), True, False),
-        (CartesiaResponseError("bad body"), True, False),
+        (CartesiaResponseError("bad body"), True, True),
+        (CartesiaResponseError("bad body"), False, False),
+        (CartesiaResponseTooLargeError("64 MiB"), True, False),
+        (CartesiaAnswerMismatchError("another batch"), True, False),
+        (CartesiaConfigError("no key"), True, False),
         (ValueError("a bug"), True, False),
         (KeyError("a bug"), True, False),
     ],
@@ -76,6 +83,12 @@ def test_should_retry(error: BaseException, idempotent: bool, expected: bool):
         ({"Retry-After": "61"}, None),
         ({"Retry-After": "-1"}, None),
         ({"Retry-After": "soon"}, None),
+        ({"Retry-After": "nan"}, None),
+        ({"Retry-After": "NaN"}, None),
+        ({"Retry-After": "inf"}, None),
+        ({"Retry-After": "-inf"}, None),
+        ({"retry-after-ms": "nan"}, None),
+        ({"retry-after-ms": "nan", "Retry-After": "2"}, 2.0),
     ],
 )
 def test_parse_retry_after(headers: dict[str, str], expected: float | None):

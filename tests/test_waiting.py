@@ -52,7 +52,7 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
         (CartesiaServerError("oops", status_code=503), False),
         (CartesiaTransportError("dropped"), False),
         (CartesiaResponseError("not JSON"), False),
-        (CartesiaAPIError("teapot", status_code=418), False),
+        (CartesiaAPIError("teapot", status_code=418), True),
     ],
 )
 def test_which_failed_polls_end_the_wait_at_once(error: Exception, fatal: bool) -> None:

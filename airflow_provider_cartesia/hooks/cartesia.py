@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import ssl
+import threading
 import time
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
@@ -22,8 +24,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.sdk import BaseHook
 
 from airflow_provider_cartesia.api import (
+    READ_CHUNK_BYTES,
     ApiSettings,
+    BodyReader,
     api_path,
+    check_answer_id,
     error_from_response,
     parse_model,
     settings_from_connection,
@@ -33,7 +38,9 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaBadRequestError,
     CartesiaCreateOutcomeUnknownError,
     CartesiaError,
+    CartesiaResponseError,
     CartesiaTransportError,
+    redact,
 )
 from airflow_provider_cartesia.get_provider_info import (
     CONN_TYPE,
@@ -65,7 +72,9 @@ MAX_PAGE_SIZE = 100
 
 # Every hook on an event loop (every trigger of a triggerer) shares that loop's connections, so a
 # thousand waiting batches reuse keep-alive connections instead of opening one each. See _AsyncPools.
-_ASYNC_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _AsyncPools] = weakref.WeakKeyDictionary()
+_ASYNC_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, _AsyncPools]] = (
+    weakref.WeakKeyDictionary()
+)
 ASYNC_POOLS = 64
 ASYNC_POOL_CONNECTIONS = 4
 
@@ -78,7 +87,8 @@ class CartesiaHook(BaseHook):
     ``Retry-After``; creating a batch is never resent once it may have reached Cartesia.
 
     :param cartesia_conn_id: Airflow connection of type ``cartesia``: API key in the password field,
-        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``.
+        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``,
+        ``max_response_bytes``.
     :param timeout: read timeout in seconds, overriding the connection's ``timeout`` extra.
     :param max_retries: retries per request, overriding the connection's ``max_retries`` extra.
     """
@@ -115,18 +125,22 @@ class CartesiaHook(BaseHook):
         """Like :attr:`settings`, looked up with Airflow's async connection API (safe in a triggerer)."""
         if "settings" not in self.__dict__:
             conn = await self.aget_connection(self.cartesia_conn_id)
-            self.__dict__["settings"] = settings_from_connection(
-                conn, timeout=self.timeout, max_retries=self.max_retries
+            # Off the event loop: checking the URL imports and runs the HTTP libraries' parsers.
+            self.__dict__["settings"] = await asyncio.to_thread(
+                settings_from_connection, conn, timeout=self.timeout, max_retries=self.max_retries
             )
         return self.__dict__["settings"]
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session for every request of this hook."""
+        """One keep-alive session for every request of this hook, its connections watched by :class:`_Deadline`."""
         import requests
 
         session = requests.Session()
-        session.trust_env = True
+        session.trust_env = True  # HTTPS_PROXY and REQUESTS_CA_BUNDLE; never .netrc: see _BearerAuth
+        adapter = _make_deadline_adapter()
+        session.mount("http://", adapter)
+        session.mount("https://", adapter)
         return session
 
     # -- the request funnel (sync) -------------------------------------------------------------
@@ -159,7 +173,7 @@ class CartesiaHook(BaseHook):
         idempotent: bool,
     ) -> bytes:
         import requests
-        from urllib3.exceptions import NameResolutionError, NewConnectionError
+        from urllib3.exceptions import HTTPError as Urllib3Error
 
         headers = settings.headers()
         data = None
@@ -167,43 +181,37 @@ class CartesiaHook(BaseHook):
             headers["Content-Type"] = "application/json"
             data = json.dumps(body, default=_json_default).encode()
         started = time.monotonic()
+        deadline = _Deadline(settings.deadline)
         try:
-            response = self.session.request(
-                method,
-                settings.url(path),
-                params=_clean_params(params),
-                data=data,
-                headers=headers,
-                timeout=(settings.connect_timeout, settings.read_timeout),
-                allow_redirects=False,
-            )
-        except requests.exceptions.ConnectTimeout as exc:
+            with deadline:
+                response = self.session.request(
+                    method,
+                    settings.url(path),
+                    params=_clean_params(params),
+                    data=data,
+                    headers=headers,
+                    auth=_BearerAuth(headers["Authorization"]),
+                    timeout=(settings.connect_timeout, settings.read_timeout),
+                    allow_redirects=False,
+                    stream=True,
+                    proxies=_NO_PROXIES if settings.direct else None,  # type: ignore[arg-type]
+                )
+                with response:
+                    reader = BodyReader(
+                        settings, method, path, response.status_code, response.headers.get("content-encoding")
+                    )
+                    for chunk in response.raw.stream(READ_CHUNK_BYTES, decode_content=False):
+                        reader.feed(chunk)
+                        if reader.full:
+                            break
+        except (requests.exceptions.RequestException, Urllib3Error, OSError) as exc:
+            what, sent = _requests_failure(exc, settings, deadline.expired)
+            raise _transport_error(settings, method, path, exc, what, sent=sent, idempotent=idempotent) from exc
+        if deadline.expired:  # cut off while reading the headers, which http.client may take as their end
             raise _transport_error(
-                settings, method, path, exc, "connect timed out", sent=False, idempotent=True
-            ) from exc
-        except requests.exceptions.Timeout as exc:
-            what = f"no response within the {settings.read_timeout:g} s read timeout"
-            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        except requests.exceptions.SSLError as exc:
-            # A refused certificate ends the handshake before the request is written. Any other TLS
-            # error may come after the request was sent (a corrupt record in the answer).
-            reason = _urllib3_reason(exc)
-            not_sent = bool(reason and reason.args and isinstance(reason.args[0], ssl.SSLCertVerificationError))
-            what = (
-                "TLS handshake failed (certificate refused)"
-                if not_sent
-                else "TLS error (the request may have been sent)"
+                settings, method, path, TimeoutError(), _deadline_passed(settings), sent=True, idempotent=idempotent
             )
-            raise _transport_error(settings, method, path, exc, what, sent=not not_sent, idempotent=idempotent) from exc
-        except requests.exceptions.ConnectionError as exc:
-            not_sent = isinstance(_urllib3_reason(exc), (NewConnectionError, NameResolutionError))
-            what = "could not connect" if not_sent else "the connection dropped before a response arrived"
-            raise _transport_error(settings, method, path, exc, what, sent=not not_sent, idempotent=idempotent) from exc
-        except requests.exceptions.RequestException as exc:
-            raise _transport_error(
-                settings, method, path, exc, "request failed", sent=True, idempotent=idempotent
-            ) from exc
-        return self._answer(settings, method, path, response.status_code, response.headers, response.content, started)
+        return self._answer(settings, method, path, response.status_code, response.headers, reader.content(), started)
 
     def _retry_policy(self, settings: ApiSettings, idempotent: bool) -> dict[str, Any]:
         """Tenacity arguments shared by both funnels: the one retry policy, bounded by the connection."""
@@ -287,15 +295,31 @@ class CartesiaHook(BaseHook):
         import httpx
 
         started = time.monotonic()
-        try:
-            async with _async_pools().lease() as client:
-                response = await client.request(
+
+        async def exchange() -> tuple[httpx.Response, BodyReader]:
+            async with _async_pools(settings.direct).lease() as client:
+                request = client.build_request(
                     method,
                     settings.url(path),
                     params=_clean_params(params),
                     headers=settings.headers(),
                     timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
                 )
+                response = await client.send(request, stream=True)
+                try:
+                    reader = BodyReader(
+                        settings, method, path, response.status_code, response.headers.get("content-encoding")
+                    )
+                    async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
+                        reader.feed(chunk)
+                        if reader.full:
+                            break
+                finally:
+                    await response.aclose()
+                return response, reader
+
+        try:
+            response, reader = await asyncio.wait_for(exchange(), settings.deadline)
         except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
             raise _transport_error(
                 settings, method, path, exc, "could not connect", sent=False, idempotent=True
@@ -303,22 +327,32 @@ class CartesiaHook(BaseHook):
         except httpx.TimeoutException as exc:
             what = f"no response within the {settings.read_timeout:g} s read timeout"
             raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
+        except asyncio.TimeoutError as exc:
+            what = _deadline_passed(settings)
+            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
         except httpx.HTTPError as exc:
             what = "the connection dropped before a response arrived"
             raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        return self._answer(settings, method, path, response.status_code, response.headers, response.content, started)
+        return self._answer(settings, method, path, response.status_code, response.headers, reader.content(), started)
 
     # -- call batches --------------------------------------------------------------------------
 
     def get_call_batch(self, batch_id: str) -> CallBatch:
         """A batch with every recipient's current status (up to 5,000, in one response)."""
-        return self._call(CallBatch, "GET", api_path(BATCH, batch_id=batch_id))
+        path = api_path(BATCH, batch_id=batch_id)
+        return self._checked(self._call(CallBatch, "GET", path), batch_id, "call batch", "GET", path)
 
     async def aget_call_batch(self, batch_id: str) -> CallBatch:
         """Async :meth:`get_call_batch`, for triggers."""
         path = api_path(BATCH, batch_id=batch_id)
         content = await self._asend("GET", path)
-        return parse_model(CallBatch, content, "GET", path, self.cartesia_conn_id)
+        batch = parse_model(CallBatch, content, "GET", path, self.cartesia_conn_id)
+        return self._checked(batch, batch_id, "call batch", "GET", path)
+
+    def _checked(self, answer: ModelT, requested: str, what: str, method: str, path: str) -> ModelT:
+        """``answer``, once it is about the object requested (its ``id``)."""
+        check_answer_id(requested, getattr(answer, "id", None), what, method, path, self.cartesia_conn_id)
+        return answer
 
     def list_call_batches(self, agent_id: str | None = None, page_size: int = MAX_PAGE_SIZE) -> Iterator[CallBatch]:
         """Every batch, newest first (optionally of one agent), fetched page by page as you iterate.
@@ -360,7 +394,8 @@ class CartesiaHook(BaseHook):
 
     def cancel_call_batch(self, batch_id: str) -> CallBatch:
         """Stop dialing the batch's queued recipients; calls in flight finish. Idempotent."""
-        return self._call(CallBatch, "POST", api_path(BATCH_CANCEL, batch_id=batch_id))
+        path = api_path(BATCH_CANCEL, batch_id=batch_id)
+        return self._checked(self._call(CallBatch, "POST", path), batch_id, "call batch", "POST", path)
 
     def retry_call_batch(self, batch_id: str) -> CallBatch:
         """Re-queue recipients whose latest attempt failed or went unanswered (not for cancelled batches).
@@ -369,7 +404,9 @@ class CartesiaHook(BaseHook):
         recipients whose new attempt already failed. Without an answer,
         :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` is raised.
         """
-        return self._call(CallBatch, "POST", api_path(BATCH_RETRY, batch_id=batch_id), idempotent=False)
+        path = api_path(BATCH_RETRY, batch_id=batch_id)
+        batch = self._call(CallBatch, "POST", path, idempotent=False)
+        return self._checked(batch, batch_id, "call batch", "POST", path)
 
     # -- agent calls ---------------------------------------------------------------------------
 
@@ -401,7 +438,8 @@ class CartesiaHook(BaseHook):
 
     def get_agent_call(self, call_id: str) -> AgentCall:
         """One call attempt: status, times, end reason, summary and metadata."""
-        return self._call(AgentCall, "GET", api_path(CALL, call_id=call_id))
+        path = api_path(CALL, call_id=call_id)
+        return self._checked(self._call(AgentCall, "GET", path), call_id, "agent call", "GET", path)
 
     def _paginate(
         self,
@@ -415,12 +453,23 @@ class CartesiaHook(BaseHook):
 
         def pages() -> Iterator[Any]:
             query = {**params, "limit": page_size}
+            cursors: set[str] = set()
             while True:
                 page = self._call(page_model, "GET", path, params=query)
                 yield from page.data
                 if not page.has_more or not page.data:
                     return
-                query["starting_after"] = page.next_page or page.data[-1].id
+                cursor = page.next_page or page.data[-1].id
+                if cursor in cursors:
+                    raise CartesiaResponseError(
+                        f"the list's page cursor {redact(str(cursor))[:80]!r} came back a second time, so the "
+                        f"list would never end; stopped after {len(cursors) + 1} pages",
+                        method="GET",
+                        path=path,
+                        conn_id=self.cartesia_conn_id,
+                    )
+                cursors.add(cursor)
+                query["starting_after"] = cursor
 
         return pages()
 
@@ -500,6 +549,138 @@ def _transport_error(
     return cls(message, sent=sent, method=method, path=path, conn_id=settings.conn_id)
 
 
+_NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}
+"""Per-request proxies of requests that override the environment's: loopback never goes through a proxy."""
+
+
+class _BearerAuth:
+    """Sets our ``Authorization`` header as requests' auth, so no ``~/.netrc`` entry can replace it.
+
+    requests consults ``.netrc`` (with ``trust_env``) only when a request has no auth of its own, and a
+    match would overwrite the header with Basic credentials.
+    """
+
+    def __init__(self, value: str) -> None:
+        self.value = value
+
+    def __call__(self, request: Any) -> Any:
+        request.headers["Authorization"] = self.value
+        return request
+
+
+def _deadline_passed(settings: ApiSettings) -> str:
+    return (
+        f"no complete answer within the {settings.deadline:g} s deadline (connect plus read timeout); the server "
+        "kept the connection busy without finishing"
+    )
+
+
+def _requests_failure(exc: BaseException, settings: ApiSettings, expired: bool) -> tuple[str, bool]:
+    """``(what happened, whether the request may have been sent)`` for a requests or urllib3 failure."""
+    import requests
+    from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
+
+    if expired:
+        return _deadline_passed(settings), True
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timed out", False
+    if isinstance(exc, (requests.exceptions.Timeout, ReadTimeoutError)):
+        return f"no response within the {settings.read_timeout:g} s read timeout", True
+    if isinstance(exc, requests.exceptions.SSLError):
+        # A refused certificate ends the handshake before the request is written. Any other TLS
+        # error may come after the request was sent (a corrupt record in the answer).
+        reason = _urllib3_reason(exc)
+        if reason and reason.args and isinstance(reason.args[0], ssl.SSLCertVerificationError):
+            return "TLS handshake failed (certificate refused)", False
+        return "TLS error (the request may have been sent)", True
+    if isinstance(exc, requests.exceptions.ConnectionError):
+        if isinstance(_urllib3_reason(exc), (NewConnectionError, NameResolutionError)):
+            return "could not connect", False
+        return "the connection dropped before a response arrived", True
+    if isinstance(exc, requests.exceptions.RequestException):
+        return "request failed", True
+    return "the connection dropped before a response arrived", True
+
+
+class _Deadline:
+    """An overall deadline for one sync request: the read timeout bounds each socket read, not the answer.
+
+    A server trickling a byte at a time never trips a read timeout. When the deadline passes, a timer
+    shuts the request's socket down, which ends the blocked read at once; the connections are the ones
+    this thread sends a request on while the deadline is active (see :func:`_make_deadline_adapter`).
+    """
+
+    _active = threading.local()
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.expired = False
+        self.connections: list[Any] = []
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._done = False
+
+    def __enter__(self) -> _Deadline:
+        self._timer = threading.Timer(self.seconds, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        _Deadline._active.current = self
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _Deadline._active.current = None
+        with self._lock:  # an answer read in full is never cut afterwards
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _expire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.expired = True
+        for conn in self.connections:
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain method, also under TLS
+
+    @classmethod
+    def watch(cls, conn: Any) -> None:
+        current = getattr(cls._active, "current", None)
+        if current is not None:
+            current.connections.append(conn)
+
+
+def _make_deadline_adapter() -> Any:
+    """requests' adapter whose pools (direct or through a proxy) register connections with :class:`_Deadline`."""
+    from requests.adapters import HTTPAdapter
+    from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+
+    def watched(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
+        class Connection(pool.ConnectionCls):  # type: ignore[name-defined]
+            def request(self, *args: Any, **kwargs: Any) -> None:
+                _Deadline.watch(self)
+                super().request(*args, **kwargs)
+
+        return type(pool.__name__, (pool,), {"ConnectionCls": Connection})
+
+    classes = {"http": watched(HTTPConnectionPool), "https": watched(HTTPSConnectionPool)}
+
+    class DeadlineAdapter(HTTPAdapter):
+        def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+            super().init_poolmanager(*args, **kwargs)
+            self.poolmanager.pool_classes_by_scheme = classes
+
+        def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+            manager = super().proxy_manager_for(proxy, **kwargs)
+            if not proxy.lower().startswith("socks"):  # SOCKS pools have their own classes: no overall deadline there
+                manager.pool_classes_by_scheme = classes
+            return manager
+
+    return DeadlineAdapter()
+
+
 class _AsyncPools:
     """The httpx clients of one event loop: several small pools, each request on the least busy one.
 
@@ -511,7 +692,8 @@ class _AsyncPools:
     quiet triggerer keeps only a connection or two warm.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, direct: bool = False) -> None:
+        self.direct = direct
         self.clients: list[httpx.AsyncClient | None] = [None] * ASYNC_POOLS
         self.in_flight = [0] * ASYNC_POOLS
         self.slots = asyncio.Semaphore(ASYNC_POOLS * ASYNC_POOL_CONNECTIONS)
@@ -527,7 +709,10 @@ class _AsyncPools:
             limits = httpx.Limits(
                 max_connections=ASYNC_POOL_CONNECTIONS, max_keepalive_connections=ASYNC_POOL_CONNECTIONS
             )
-            client = httpx.AsyncClient(limits=limits, verify=self._ssl_context, follow_redirects=False, trust_env=True)
+            # trust_env: HTTPS_PROXY and friends, except for loopback (direct), which never uses a proxy.
+            client = httpx.AsyncClient(
+                limits=limits, verify=self._ssl_context, follow_redirects=False, trust_env=not self.direct
+            )
             self.clients[index] = client
         return client
 
@@ -543,13 +728,15 @@ class _AsyncPools:
                 self.in_flight[index] -= 1
 
 
-def _async_pools() -> _AsyncPools:
-    """The pools shared by every hook running on the current event loop."""
+def _async_pools(direct: bool = False) -> _AsyncPools:
+    """The pools shared by every hook running on the current event loop (``direct``: for loopback, no proxy)."""
     loop = asyncio.get_running_loop()
     pools = _ASYNC_POOLS.get(loop)
     if pools is None:
         # The pools hold their loop (connections, semaphore), so a closed loop's entry is dropped here.
         for closed in [other for other in _ASYNC_POOLS if other.is_closed()]:
             del _ASYNC_POOLS[closed]
-        pools = _ASYNC_POOLS[loop] = _AsyncPools()
-    return pools
+        pools = _ASYNC_POOLS[loop] = {}
+    if direct not in pools:
+        pools[direct] = _AsyncPools(direct)
+    return pools[direct]

@@ -539,14 +539,20 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
                 self.log.info("Task killed: cancelled call batch %s (status %s)", batch_id, batch.status)
 
 
+CANCELLED_XCOM_KEY = "cartesia_cancelled"
+"""XCom key under which a partly failed cancel of several batches publishes the summaries of those it cancelled."""
+
+
 class CancelCallBatchOperator(BaseOperator):
     """Stop dialing a call batch's queued recipients; calls in flight finish. Idempotent.
 
     A batch that is already over (``completed``, ``failed`` or ``cancelled``) is left alone and the task
     succeeds, saying so. Returns the batch's summary (:meth:`CallBatch.summary`, counts only), read
-    after the cancel; given a list of ids (the create operator's return value when split), cancels each
-    and returns the list of summaries. 400/401/403/404 fail without retrying; 429, 5xx and network
-    errors fail with retries (cancelling again is harmless).
+    after the cancel; given a list of ids (the create operator's return value when split), tries every
+    batch, even after one failed, and returns the list of summaries. A batch that could not be cancelled
+    fails the task once all were tried, naming each one and why; the others' summaries are in XCom under
+    :data:`CANCELLED_XCOM_KEY`. Permanent errors (400/401/402/403/404) fail without retrying; transient
+    ones (429, 5xx, network) leave the task to its retries (cancelling again is harmless).
 
     :param batch_id: the batch id, or a list of ids (templated).
     :param cartesia_conn_id: the Airflow connection of type ``cartesia`` (templated).
@@ -568,31 +574,55 @@ class CancelCallBatchOperator(BaseOperator):
         return CartesiaHook(self.cartesia_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
+        from airflow_provider_cartesia.exceptions import CartesiaError, is_permanent
+
         ids = [self.batch_id] if isinstance(self.batch_id, str) else list(self.batch_id or [])
         if not ids or not all(isinstance(i, str) for i in ids):
             _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
         context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
-        summaries = [self._cancel(batch_id) for batch_id in ids]
+        summaries: list[dict[str, Any]] = []
+        failures: dict[str, CartesiaError] = {}
+        for batch_id in ids:
+            try:
+                summaries.append(self._cancel(batch_id))
+            except CartesiaError as exc:
+                if isinstance(self.batch_id, str):
+                    if is_permanent(exc):
+                        _fail(f"Could not cancel call batch {batch_id}: {exc}", exc)
+                    raise
+                self.log.warning("Could not cancel call batch %s (the others are still tried): %s", batch_id, exc)
+                failures[batch_id] = exc
+        if failures:
+            self._fail_some(context, ids, summaries, failures)
         return summaries[0] if isinstance(self.batch_id, str) else summaries
 
-    def _cancel(self, batch_id: str) -> dict[str, Any]:
-        from airflow_provider_cartesia.exceptions import CartesiaError
+    def _fail_some(
+        self, context: Context, ids: list[str], summaries: list[dict[str, Any]], failures: Mapping[str, Exception]
+    ) -> NoReturn:
+        """End a cancel of several batches of which some failed: every batch was tried; say which failed and why."""
+        from airflow_provider_cartesia.exceptions import CartesiaCancelError, is_permanent
 
-        try:
-            before = self.hook.get_call_batch(batch_id)
-            if before.is_terminal:
-                self.log.info(
-                    "Call batch %s is already over (%s); nothing to cancel. %s",
-                    batch_id,
-                    before.status,
-                    before.progress_line(),
-                )
-                return before.summary()
-            self.hook.cancel_call_batch(batch_id)
-            after = self.hook.get_call_batch(batch_id)
-        except CartesiaError as exc:
-            if is_fatal(exc):
-                _fail(f"Could not cancel call batch {batch_id}: {exc}", exc)
-            raise
+        context["ti"].xcom_push(key=CANCELLED_XCOM_KEY, value=summaries)
+        reasons = "; ".join(f"{batch_id}: {exc}" for batch_id, exc in failures.items())
+        message = (
+            f"Could not cancel {len(failures)} of {len(ids)} call batches ({', '.join(failures)}); the other "
+            f"{len(ids) - len(failures)} were cancelled or already over. {reasons}"
+        )
+        if all(is_permanent(exc) for exc in failures.values()):
+            _fail(message, next(iter(failures.values())))
+        raise CartesiaCancelError(message, failures=dict(failures))
+
+    def _cancel(self, batch_id: str) -> dict[str, Any]:
+        before = self.hook.get_call_batch(batch_id)
+        if before.is_terminal:
+            self.log.info(
+                "Call batch %s is already over (%s); nothing to cancel. %s",
+                batch_id,
+                before.status,
+                before.progress_line(),
+            )
+            return before.summary()
+        self.hook.cancel_call_batch(batch_id)
+        after = self.hook.get_call_batch(batch_id)
         self.log.info("Cancelled call batch %s; calls in flight finish. %s", batch_id, after.progress_line())
         return after.summary()

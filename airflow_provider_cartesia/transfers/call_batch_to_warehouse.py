@@ -19,15 +19,7 @@ from airflow.sdk import Asset, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_cartesia.api import cyclic_gc_paused
-from airflow_provider_cartesia.exceptions import (
-    CartesiaAuthError,
-    CartesiaBadRequestError,
-    CartesiaConfigError,
-    CartesiaInvalidIdError,
-    CartesiaNotFoundError,
-    CartesiaResponseError,
-    CartesiaWarehouseSchemaError,
-)
+from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaResponseError, is_permanent
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.rows import batch_rows, collect_call_outcomes, export_columns, status_counts
 from airflow_provider_cartesia.warehouse import TableName, parse_table_name
@@ -41,16 +33,6 @@ if TYPE_CHECKING:
 
 DEFAULT_TABLE = "cartesia_call_batch_recipients"
 ASSET_SCHEME = "cartesia-warehouse"
-
-# Errors that a retry cannot fix: fail the task at once instead of spending its retries.
-_TERMINAL_ERRORS = (
-    CartesiaAuthError,
-    CartesiaBadRequestError,
-    CartesiaConfigError,
-    CartesiaInvalidIdError,
-    CartesiaNotFoundError,
-    CartesiaWarehouseSchemaError,
-)
 
 
 def warehouse_table_asset(warehouse_conn_id: str, table: str = DEFAULT_TABLE) -> Asset:
@@ -228,8 +210,10 @@ class CallBatchToWarehouseOperator(BaseOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         try:
             return self._export(context)
-        except _TERMINAL_ERRORS as exc:
-            raise AirflowFailException(str(exc)) from exc
+        except CartesiaError as exc:
+            if is_permanent(exc):  # a retry cannot fix it: fail at once instead of spending the task's retries
+                raise AirflowFailException(str(exc)) from exc
+            raise
 
     def _export(self, context: Context) -> dict[str, Any]:
         from airflow_provider_cartesia.warehouse import WarehouseWriter, get_warehouse_hook

@@ -193,9 +193,11 @@ class CallBatchTrigger(BaseTrigger):
             if read_at is not None:
                 started = read_at  # in step with the shared list walk
             if verdict.outcome != "waiting":
+                self._leave_poller()
                 yield TriggerEvent(trigger_event(verdict, self.batch_id))
                 return
             if self.end_time is not None and self._now() >= self.end_time:
+                self._leave_poller()
                 yield TriggerEvent(
                     {
                         "status": "timeout",

@@ -311,6 +311,12 @@ class AirflowApi:
         items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")["task_instances"]
         return {ti["task_id"]: ti for ti in items}
 
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/dags/{dag_id}/dagRuns")["dag_runs"])
+
+    def asset_events(self) -> list[dict[str, Any]]:
+        return list(self.get("/assets/events")["asset_events"])
+
 
 @contextlib.contextmanager
 def postgres_database(server_uri: str, prefix: str = "cartesia_e2e") -> Iterator[str]:

@@ -176,7 +176,10 @@ def test_siblings_share_one_read_through_the_shared_stream(
             for snap in snapshots:
                 yield snap
 
-        return [[e.payload["batch_id"] async for e in t.filter_shared_stream(replay())] for t in siblings]
+        seen = []
+        for trigger in siblings:
+            seen.append([e.payload["batch_id"] async for e in trigger.filter_shared_stream(replay())])
+        return seen
 
     assert asyncio.run(main()) == [[done]] * 3
     assert sim.count("GET", BATCHES) == 1

@@ -424,7 +424,7 @@ class CallBatchWaitMixin(_OperatorBase):
                 counters = self.hook.find_call_batch_counters(batch_id, watch.agent_id, watch.created_at)
                 if not watch.needs_full_read(counters):
                     return watch.observe(counters)  # type: ignore[arg-type]
-            batch = self.hook.get_call_batch(batch_id)
+            batch = self.hook.get_call_batch_statuses(batch_id)
         except CartesiaError as exc:
             return watch.failed(exc)
         return watch.observe(batch)

@@ -113,7 +113,7 @@ async def serve(port_file: str) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while line := await reader.readline():
-                method, target, _ = line.decode().split(" ", 2)
+                _, target, _ = line.decode().split(" ", 2)
                 length = 0
                 while (header := await reader.readline()) not in (b"\r\n", b"\n", b""):
                     name, _, value = header.decode().partition(":")
@@ -345,7 +345,7 @@ def main() -> None:
 
     load = os.getloadavg()
     part_a = bytes_and_parse()
-    port_file = tempfile.mktemp(prefix="bench-polling-port-")
+    port_file = str(Path(tempfile.mkdtemp(prefix="bench-polling-")) / "port")
     server = subprocess.Popen([sys.executable, __file__, "--serve", port_file])
     try:
         while not Path(port_file).exists() or not Path(port_file).read_text():

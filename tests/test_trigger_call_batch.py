@@ -412,6 +412,8 @@ def test_run_never_blocks_the_event_loop(
 
     monkeypatch.setattr(CartesiaHook, "get_connection", forbidden)
     monkeypatch.setattr(CartesiaHook, "get_call_batch", forbidden)
+    monkeypatch.setattr(CartesiaHook, "get_call_batch_statuses", forbidden)
+    monkeypatch.setattr(CartesiaHook, "list_call_batch_page", forbidden)
 
     statuses, stall = longest_stall([CallBatchTrigger(batch_id=i, poll_interval=1) for i in ids])
 

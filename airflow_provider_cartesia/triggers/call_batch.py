@@ -139,8 +139,8 @@ class CallBatchTrigger(BaseTrigger):
         await asyncio.sleep(seconds)
 
     async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-        """One read of the batch with every recipient, through the hook's async path (never blocking)."""
-        return await hook.aget_call_batch(self.batch_id)
+        """One read of the batch (recipients' statuses only), through the hook's async path (never blocking)."""
+        return await hook.aget_call_batch_statuses(self.batch_id)
 
     async def _poll(self, hook: CartesiaHook, watch: BatchWatch, urgent: bool) -> tuple[Verdict, float | None]:
         """One poll: the counters from the shared list walk, then a GET only when they end the wait (or

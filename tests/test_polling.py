@@ -333,3 +333,18 @@ def test_a_waiting_trigger_keeps_counters_never_recipients(
     assert watches == [(None, "agent_a")] * 3
     assert sim.count("GET", f"{BATCHES}/{batch_id}") == 1  # the first read, then the list
     assert sim.count("GET", BATCHES) == 2
+
+
+def test_a_wait_reads_recipient_statuses_only_never_numbers_or_metadata(
+    cartesia_simulator: CartesiaSimulator, hook: CartesiaHook
+) -> None:
+    sim = cartesia_simulator
+    batch_id = sim.seed_batch(
+        recipients=[{"to_number": "+14155550123", "metadata": {"name": "Ada"}, "outcome": "completed"}]
+    )
+    sim.clock.advance(3600)
+    batch = hook.get_call_batch_statuses(batch_id)
+    assert batch.summary()["recipient_status_counts"] == {"completed": 1}
+    dumped = batch.model_dump_json()
+    assert "+14155550123" not in dumped and "Ada" not in dumped
+    assert asyncio.run(hook.aget_call_batch_statuses(batch_id)).summary() == batch.summary()

@@ -167,7 +167,7 @@ def scenario(kind: str, url: str, batches: list[Any], cap: float) -> dict[str, A
             from airflow_provider_cartesia.exceptions import CartesiaError
 
             try:
-                batch = await self._fetch(hook)
+                batch = await hook.aget_call_batch(self.batch_id)  # full models, as before
             except CartesiaError as exc:
                 return watch.failed(exc), None
             verdict = watch.observe(batch)

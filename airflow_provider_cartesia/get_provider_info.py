@@ -37,7 +37,12 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.hooks.cartesia"]}],
         "sensors": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.sensors.call_batch"]}],
-        "triggers": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.triggers.call_batch"]}],
+        "triggers": [
+            {
+                "integration-name": "Cartesia",
+                "python-modules": [f"{_PKG}.triggers.call_batch", f"{_PKG}.triggers.call_batch_event"],
+            }
+        ],
         "operators": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.operators.call_batch"]}],
         "transfers": [
             {

@@ -34,7 +34,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
-from datetime import timedelta, timezone
+from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
@@ -185,24 +185,53 @@ class Verdict(NamedTuple):
 class BatchWatch:
     """One wait on one batch: what it remembers between polls. No I/O; the caller fetches."""
 
-    def __init__(self, batch_id: str, criteria: WaitCriteria, log: logging.Logger | Any) -> None:
+    def __init__(
+        self,
+        batch_id: str,
+        criteria: WaitCriteria,
+        log: logging.Logger | Any,
+        agent_id: str | None = None,
+        created_at: datetime | None = None,
+    ) -> None:
         self.batch_id = batch_id
         self.criteria = criteria
         self.log = log
+        self.agent_id = agent_id
+        """The batch's agent, from the first read: whose list shows the batch's counters."""
+        self.created_at = created_at
+        """When the batch was created, from the first read: where a walk of the list may stop."""
         self.polls = 0
         self.consecutive_failures = 0
         self.last_batch: CallBatch | None = None
+        """The last batch read, counters only: recipients are never kept between polls."""
+        self.last_summary: dict[str, Any] | None = None
         self._warned_statuses: set[str] = set()
 
-    @property
-    def last_summary(self) -> dict[str, Any] | None:
-        return self.last_batch.summary() if self.last_batch is not None else None
+    def reads_list(self) -> bool:
+        """Whether the next poll reads the list (counters) rather than the batch with every recipient.
+
+        Once the agent is known, unless the batch is known to be small: then its GET is smaller than a
+        page of the list (:data:`~airflow_provider_cartesia.polling.LIST_MIN_RECIPIENTS`).
+        """
+        from airflow_provider_cartesia.polling import LIST_MIN_RECIPIENTS
+
+        if self.agent_id is None:
+            return False
+        return self.last_batch is None or self.last_batch.total_calls_scheduled >= LIST_MIN_RECIPIENTS
+
+    def needs_full_read(self, counters: CallBatch | None) -> bool:
+        """Whether the list's answer must be confirmed by a GET: the batch is missing from the list, or
+        its counters say the wait is over (the GET is authoritative and gives the recipient counts)."""
+        return counters is None or self.criteria.classify(counters) != "waiting"
 
     def observe(self, batch: CallBatch) -> Verdict:
         """A poll answered: log progress, then classify with the shared decision."""
         self.polls += 1
         self.consecutive_failures = 0
-        self.last_batch = batch
+        self.agent_id = self.agent_id or batch.agent_id
+        self.created_at = self.created_at or batch.created_at
+        self.last_summary = batch.summary()
+        self.last_batch = batch if batch.recipients is None else batch.model_copy(update={"recipients": None})
         outcome = self.criteria.classify(batch)
         status = batch.status or ""
         line = batch.progress_line()
@@ -220,7 +249,7 @@ class BatchWatch:
                 self.batch_id,
                 status,
             )
-        summary = batch.summary()
+        summary = self.last_summary
         if outcome == "success":
             return Verdict("success", f"Call batch {line}", summary)
         if outcome == "failure":
@@ -364,15 +393,29 @@ class CallBatchWaitMixin(_OperatorBase):
         """This task's :class:`BatchWatch` for ``batch_id`` (kept across pokes of one process)."""
         watch: BatchWatch | None = self.__dict__.get("_cartesia_batch_watch")
         if watch is None or watch.batch_id != batch_id:
-            watch = BatchWatch(batch_id, self.wait_criteria, self.log)
+            watch = BatchWatch(batch_id, self.wait_criteria, self.log, agent_id=self.known_agent_id())
             self.__dict__["_cartesia_batch_watch"] = watch
         return watch
 
+    def known_agent_id(self) -> str | None:
+        """The batch's agent when the task knows it before the first read: the host's ``agent_id``
+        (the sensor's argument, or the agent the create operator used)."""
+        agent_id = getattr(self, "agent_id", None)
+        return agent_id if isinstance(agent_id, str) and agent_id else None
+
     def poll_batch(self, batch_id: str) -> Verdict:
-        """Read the batch once (sync hook, with its retries) and judge the answer."""
+        """Read the batch once (sync hook, with its retries) and judge the answer.
+
+        The list's counters when :meth:`BatchWatch.reads_list`; a GET of the batch (every recipient)
+        for the first read, a small batch, a batch the list does not show, or to confirm an end.
+        """
         watch = self.batch_watch(batch_id)
         try:
-            batch = self.hook.get_call_batch(batch_id)
+            if watch.reads_list():
+                counters = self.hook.find_call_batch_counters(batch_id, watch.agent_id, watch.created_at)
+                if not watch.needs_full_read(counters):
+                    return watch.observe(counters)  # type: ignore[arg-type]
+            batch = self.hook.get_call_batch_statuses(batch_id)
         except CartesiaError as exc:
             return watch.failed(exc)
         return watch.observe(batch)
@@ -440,6 +483,8 @@ class CallBatchWaitMixin(_OperatorBase):
             exponential_backoff=exponential_backoff,
             max_wait=max_wait,
             consecutive_failures=self.batch_watch(batch_id).consecutive_failures,
+            agent_id=self.batch_watch(batch_id).agent_id,
+            batch_created_at=self.batch_watch(batch_id).created_at,
             **self.wait_criteria.to_dict(),
         )
         # A backstop only: the trigger itself reports the deadline; this fires if no triggerer runs it.

@@ -375,6 +375,12 @@ class AirflowApi:
         items = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances/{task_id}/tries")["task_instances"]
         return sorted(items, key=lambda ti: int(ti["try_number"]))
 
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        return list(self.get(f"/dags/{dag_id}/dagRuns")["dag_runs"])
+
+    def asset_events(self) -> list[dict[str, Any]]:
+        return list(self.get("/assets/events")["asset_events"])
+
 
 @contextlib.contextmanager
 def postgres_database(server_uri: str, prefix: str = "cartesia_e2e") -> Iterator[str]:

@@ -43,6 +43,7 @@ from tests.e2e_services import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DAG_ID = "cartesia_wait_and_export"
+EVENT_DAG_ID = "cartesia_export_on_settle"
 SENSOR_TASK = "wait_for_batch"
 EXPORT_TASK = "export_outcomes"
 RECIPIENTS = 12
@@ -115,7 +116,8 @@ def deployment(postgres_uri: str, tmp_path: Path) -> Iterator[Deployment]:
                 ),
                 "cartesia_warehouse": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
             },
-            extra={"CARTESIA_POKE_INTERVAL": "1"},
+            # The event DAG (paused unless a test unpauses it) exports batches settled since the start.
+            extra={"CARTESIA_POKE_INTERVAL": "1", "CARTESIA_EVENTS_SINCE": "2000-01-01T00:00:00Z"},
         )
         try:
             migrate = subprocess.run(
@@ -143,7 +145,7 @@ def deployment(postgres_uri: str, tmp_path: Path) -> Iterator[Deployment]:
             assert not left, f"processes left behind: {[(p.pid, p.name()) for p in left]}"
 
 
-def _wait_until_ready(deployment: Deployment) -> None:
+def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
     api, processes = deployment.api, deployment.processes
     needed = {"metadatabase", "scheduler", "triggerer", "dag_processor"}
 
@@ -159,9 +161,9 @@ def _wait_until_ready(deployment: Deployment) -> None:
         errors = api.import_errors()
         if errors:
             raise AssertionError(f"import errors in example_dags: {errors}")
-        return api.dag(DAG_ID) is not None
+        return api.dag(dag_id) is not None
 
-    wait_for(f"the dag-processor to parse {DAG_ID}", parsed, timeout=60, interval=0.5)
+    wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=60, interval=0.5)
 
 
 def _triggerer_job_ids(metadata_uri: str) -> set[int]:
@@ -233,6 +235,43 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
     left = deployment.processes.survivors()
     assert not left, f"processes left behind: {[(p.pid, p.name(), p.cmdline()[:3]) for p in left]}"
     print(f"e2e: run succeeded and services stopped {time.monotonic() - started:.1f} s after start-up finished")
+
+
+@pytest.mark.e2e
+@pytest.mark.postgres
+def test_a_settled_batch_starts_its_export_through_an_asset_event(deployment: Deployment) -> None:
+    """``cartesia_export_on_settle``: the triggerer's CallBatchEventTrigger sees the seeded batch settle,
+    the asset event schedules a run, the run exports that batch. Nobody passes a batch id."""
+    api = deployment.api
+    try:
+        _wait_until_ready(deployment, EVENT_DAG_ID)
+        api.unpause(EVENT_DAG_ID)
+
+        def exported() -> dict[str, object] | None:
+            deployment.processes.check_alive()
+            runs = [r for r in api.dag_runs(EVENT_DAG_ID) if r["state"] in TERMINAL_RUN_STATES]
+            return runs[0] if runs else None
+
+        run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=180, interval=0.5)
+        tis = api.task_instances(EVENT_DAG_ID, str(run["dag_run_id"]))
+    except BaseException:
+        print(deployment.processes.describe(), file=sys.stderr)
+        for log in sorted(deployment.airflow_home.glob("logs/**/*.log*")):
+            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        raise
+
+    assert run["state"] == "success", (run, {k: ti["state"] for k, ti in tis.items()})
+    assert run["run_type"] == "asset_triggered", run
+    assert not (run.get("conf") or {}).get("batch_id")  # the id came from the event, not from a person
+    events = [e for e in api.asset_events() if e["asset_id"] is not None]
+    payloads = [(e.get("extra") or {}).get("payload") or {} for e in events]
+    assert [p.get("batch_id") for p in payloads] == [deployment.batch_id], payloads
+    assert payloads[0]["outcome"] == "success" and payloads[0]["total_calls_finished"] == RECIPIENTS
+    with sqlite3.connect(deployment.warehouse) as conn:
+        (count,) = conn.execute(
+            "SELECT count(*) FROM cartesia_call_batch_recipients WHERE batch_id = ?", (deployment.batch_id,)
+        ).fetchone()
+    assert count == RECIPIENTS
 
 
 _TREE = """

@@ -23,7 +23,12 @@ from tests.helpers import run_dag_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO_ROOT / "example_dags"
-EXAMPLE_DAG_IDS = {"cartesia_wait_and_export", "cartesia_campaign", "cartesia_daily_outcomes"}
+EXAMPLE_DAG_IDS = {
+    "cartesia_wait_and_export",
+    "cartesia_campaign",
+    "cartesia_daily_outcomes",
+    "cartesia_export_on_settle",
+}
 TABLE = "cartesia_call_batch_recipients"
 WAREHOUSE_CONN_ID = "cartesia_warehouse"
 

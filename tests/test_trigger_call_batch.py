@@ -60,7 +60,16 @@ def only_event(trigger: CallBatchTrigger) -> dict[str, Any]:
 
 
 def polls(sim: CartesiaSimulator, batch_id: str) -> list[datetime]:
-    return [r.at for r in sim.requests if r.path == f"/agents/calls/batches/{batch_id}"]
+    """When the batch was read: its GETs and the list reads of its agent (a list read and the GET that
+    confirms it, at the same instant, are one poll)."""
+    agent = sim.batch(batch_id)["agent_id"]
+    reads = {
+        r.at
+        for r in sim.requests
+        if r.path == f"/agents/calls/batches/{batch_id}"
+        or (r.path == "/agents/calls/batches" and r.method == "GET" and r.query.get("agent_id") == agent)
+    }
+    return sorted(reads)
 
 
 def gaps(times: list[datetime]) -> list[float]:
@@ -85,6 +94,8 @@ def test_serialize_holds_ids_and_settings_only_and_round_trips() -> None:
         exponential_backoff=True,
         max_wait=600,
         consecutive_failures=1,
+        agent_id="agent_1",
+        batch_created_at="2026-06-01T12:00:00+00:00",
     )
     classpath, kwargs = trigger.serialize()
     assert classpath == "airflow_provider_cartesia.triggers.call_batch.CallBatchTrigger"
@@ -97,6 +108,8 @@ def test_serialize_holds_ids_and_settings_only_and_round_trips() -> None:
         "exponential_backoff": True,
         "max_wait": 600.0,
         "consecutive_failures": 1,
+        "agent_id": "agent_1",
+        "batch_created_at": "2026-06-01T12:00:00+00:00",
         "wait_for": "dispatched",
         "success_statuses": ["completed"],
         "failure_statuses": ["failed"],
@@ -399,6 +412,8 @@ def test_run_never_blocks_the_event_loop(
 
     monkeypatch.setattr(CartesiaHook, "get_connection", forbidden)
     monkeypatch.setattr(CartesiaHook, "get_call_batch", forbidden)
+    monkeypatch.setattr(CartesiaHook, "get_call_batch_statuses", forbidden)
+    monkeypatch.setattr(CartesiaHook, "list_call_batch_page", forbidden)
 
     statuses, stall = longest_stall([CallBatchTrigger(batch_id=i, poll_interval=1) for i in ids])
 

@@ -289,3 +289,31 @@ def test_an_operator_defers_and_resumes_from_its_published_batch_id(
         operator.execute_complete(context, {"status": "failed", "batch_id": batch_id, "message": "ended"})
     with pytest.raises(AirflowException, match="event for batch"):
         operator.execute_complete(context, {**ok, "batch_id": "acb_other"})
+
+
+def test_a_watch_keeps_counters_learns_the_agent_and_reads_the_list_only_when_cheaper() -> None:
+    from airflow_provider_cartesia.models import CallBatchRecipient
+
+    watch = BatchWatch("acb_1", WaitCriteria(), _Log())
+    assert watch.reads_list() is False  # the agent is not known before the first read
+    big = _batch(status="in_progress", total_calls_scheduled=5000, total_calls_dispatched=10, total_calls_finished=5)
+    recipients = [CallBatchRecipient(id=f"r{i}", status="completed") for i in range(3)]
+    big = big.model_copy(update={"agent_id": "agent_1", "created_at": NOW, "recipients": recipients})
+    watch.observe(big)
+    assert (watch.agent_id, watch.created_at) == ("agent_1", NOW)
+    assert watch.last_batch is not None and watch.last_batch.recipients is None  # never kept between polls
+    assert watch.last_summary is not None and watch.last_summary["recipient_status_counts"] == {"completed": 3}
+    assert watch.reads_list() is True
+    small = BatchWatch("acb_2", WaitCriteria(), _Log(), agent_id="agent_1")
+    assert small.reads_list() is True  # agent known up front: the list from the first look
+    small.observe(_batch(status="in_progress", total_calls_scheduled=99))
+    assert small.reads_list() is False  # a GET of 99 recipients is smaller than a page of the list
+
+
+def test_the_list_answer_is_confirmed_by_a_get_when_it_ends_the_wait_or_is_missing() -> None:
+    watch = BatchWatch("acb_1", WaitCriteria(), _Log())
+    assert watch.needs_full_read(None) is True
+    running = _batch(status="completed", total_calls_dispatched=2, total_calls_finished=1)
+    assert watch.needs_full_read(running) is False
+    assert watch.needs_full_read(running.model_copy(update={"total_calls_finished": 2})) is True
+    assert watch.needs_full_read(_batch(status="failed", total_calls_dispatched=0)) is True

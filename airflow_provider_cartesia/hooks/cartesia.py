@@ -54,6 +54,7 @@ from airflow_provider_cartesia.models import (
     CallBatch,
     CallBatchPage,
 )
+from airflow_provider_cartesia.polling import MAX_LIST_PAGES, SYNC_LIST_PAGE_SIZE, CallBatchStatuses, ListScan
 from airflow_provider_cartesia.retry import retry_delay, should_retry
 
 if TYPE_CHECKING:
@@ -361,6 +362,45 @@ class CartesiaHook(BaseHook):
         """
         return self._paginate(CallBatchPage, BATCHES, {"agent_id": agent_id}, page_size)
 
+    def get_call_batch_statuses(self, batch_id: str) -> CallBatch:
+        """:meth:`get_call_batch` for a wait: recipients carry their status only (parsed 5x faster)."""
+        return self._call(CallBatchStatuses, "GET", api_path(BATCH, batch_id=batch_id))
+
+    async def aget_call_batch_statuses(self, batch_id: str) -> CallBatch:
+        """Async :meth:`get_call_batch_statuses`, for triggers."""
+        path = api_path(BATCH, batch_id=batch_id)
+        content = await self._asend("GET", path)
+        return parse_model(CallBatchStatuses, content, "GET", path, self.cartesia_conn_id)
+
+    def list_call_batch_page(
+        self, agent_id: str | None = None, limit: int = MAX_PAGE_SIZE, starting_after: str | None = None
+    ) -> CallBatchPage:
+        """One page of batches, newest first: counters and status, no recipients (about 450 bytes each)."""
+        return self._call(CallBatchPage, "GET", BATCHES, params=_list_params(agent_id, limit, starting_after))
+
+    async def alist_call_batch_page(
+        self, agent_id: str | None = None, limit: int = MAX_PAGE_SIZE, starting_after: str | None = None
+    ) -> CallBatchPage:
+        """Async :meth:`list_call_batch_page`, for triggers."""
+        content = await self._asend("GET", BATCHES, params=_list_params(agent_id, limit, starting_after))
+        return parse_model(CallBatchPage, content, "GET", BATCHES, self.cartesia_conn_id)
+
+    def find_call_batch_counters(
+        self,
+        batch_id: str,
+        agent_id: str | None,
+        created_at: datetime | None = None,
+        *,
+        page_size: int = SYNC_LIST_PAGE_SIZE,
+        max_pages: int = MAX_LIST_PAGES,
+    ) -> CallBatch | None:
+        """The batch as the list shows it (counters, no recipients), or None when the list does not show
+        it within ``max_pages`` pages (read it with :meth:`get_call_batch` then)."""
+        scan = ListScan({batch_id: created_at}, max_pages=max_pages)
+        while scan.add(self.list_call_batch_page(agent_id, page_size, scan.cursor)):
+            pass
+        return scan.found.get(batch_id)
+
     def create_call_batch(
         self,
         name: str,
@@ -507,6 +547,14 @@ def _retry_wait(state: Any) -> float:
     """Tenacity's wait: the shared :func:`retry_delay` applied to the failure just seen."""
     error = state.outcome.exception() if state.outcome else None
     return retry_delay(state.attempt_number - 1, error if isinstance(error, BaseException) else None)
+
+
+def _list_params(agent_id: str | None, limit: int, starting_after: str | None) -> dict[str, Any]:
+    if not 1 <= limit <= MAX_PAGE_SIZE:
+        raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}, got {limit}")
+    if agent_id is not None:
+        api_path("{agent_id}", agent_id=agent_id)  # an id, not a query fragment
+    return {"agent_id": agent_id, "limit": limit, "starting_after": starting_after}
 
 
 def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:

@@ -34,6 +34,10 @@ RESCHEDULE_RETRY_WAIT = 60.0
 class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
     """Wait until a Cartesia call batch settles; return its summary (counts, never recipients) as XCom.
 
+    Polls read the batch's counters from its agent's batch list (a few hundred bytes, no recipients)
+    once the agent is known, and read the batch itself (every recipient) only for the first poke, a
+    batch under 100 recipients, or to confirm that it settled (see docs/waiting.md).
+
     ``completed`` only means every recipient was *dispatched*: with ``wait_for="finished"`` (the
     default) the sensor also waits until every dispatched call has ended. A status in
     ``failure_statuses`` raises :class:`~airflow.sdk.exceptions.AirflowFailException` with the counts,
@@ -66,9 +70,12 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
     :param failure_statuses: terminal statuses that fail (default ``("failed", "cancelled")``).
     :param max_consecutive_failures: failed polls in a row tolerated before the wait fails (default 5).
     :param deferrable: defer to the triggerer between polls (default ``[operators] default_deferrable``).
+    :param agent_id: the batch's agent, if known (templated). Optional: the first read tells it. Given,
+        every poke reads the batch's counters from the agent's batch list (no recipients) from the
+        first one on, reschedule mode included, where nothing else survives from one poke to the next.
     """
 
-    template_fields = ("batch_id", "cartesia_conn_id")
+    template_fields = ("batch_id", "cartesia_conn_id", "agent_id")
     operator_extra_links = (CallBatchLink(),)
     ui_color = "#e8f0fe"
 
@@ -82,10 +89,12 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
         failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
         max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
+        agent_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.batch_id = batch_id
+        self.agent_id = agent_id
         self.cartesia_conn_id = cartesia_conn_id
         self.wait_criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses, max_consecutive_failures)
         self.wait_for = self.wait_criteria.wait_for

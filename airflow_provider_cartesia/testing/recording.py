@@ -36,11 +36,27 @@ class RecordedRequest:
 class RequestLog:
     def __init__(self) -> None:
         self._items: list[RecordedRequest] = []
+        self._served: dict[int, int] = {}  # id(request) -> response body bytes
         self._lock = threading.Lock()
 
     def append(self, request: RecordedRequest) -> None:
         with self._lock:
             self._items.append(request)
+
+    def served(self, request: RecordedRequest, size: int) -> None:
+        """Record the size of the response body sent for ``request`` (what a client downloaded)."""
+        with self._lock:
+            self._served[id(request)] = self._served.get(id(request), 0) + size
+
+    def bytes_served(self, method: str | None = None, path: str | None = None) -> int:
+        """Response body bytes sent for the matching requests (as :meth:`count` matches them)."""
+        with self._lock:
+            items, served = list(self._items), dict(self._served)
+        return sum(
+            served.get(id(r), 0)
+            for r in items
+            if (method is None or method_matches(method, r.method)) and (path is None or path_matches(path, r.path))
+        )
 
     def snapshot(self) -> list[RecordedRequest]:
         with self._lock:
@@ -57,3 +73,4 @@ class RequestLog:
     def clear(self) -> None:
         with self._lock:
             self._items.clear()
+            self._served.clear()

@@ -174,7 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
                 parsed = None
         ctx.clock.tick()
         method, path = self.command, split.path
-        ctx.log.append(RecordedRequest(method, path, query, headers, body, parsed, ctx.clock.now()))
+        recorded = RecordedRequest(method, path, query, headers, body, parsed, ctx.clock.now())
+        ctx.log.append(recorded)
         fault = ctx.faults.take(method, path)
         wait = ctx.latency() + (fault.delay if fault else 0.0)
         if wait > 0 and abort.wait(wait):
@@ -199,6 +200,7 @@ class _Handler(BaseHTTPRequestHandler):
             response.headers.update(fault.headers)
         log.debug("%s %s -> %s", method, path, response.status)
         self._send(response)
+        ctx.log.served(recorded, len(response.body))
 
     def _process(self, request: ApiRequest) -> ApiResponse:
         ctx = self.server.context

@@ -316,6 +316,11 @@ class CartesiaSimulator:
         (an exact path, or ``*`` for one segment: ``/agents/calls/batches/*``; no query string)."""
         return self._log.count(method, path)
 
+    def bytes_served(self, method: str | None = None, path: str | None = None) -> int:
+        """Response body bytes sent for the matching requests (matched as :meth:`count` does): what
+        clients downloaded, so a test can assert the cost of a wait."""
+        return self._log.bytes_served(method, path)
+
     def inject(self, method: str, path: str, fault: Fault, times: int = 1) -> None:
         """Apply ``fault`` to the next ``times`` requests matching ``method`` (or ``"*"``) and the path
         pattern. A request consumes the earliest injection it matches."""

@@ -2,8 +2,10 @@
 
 Every poll goes through the hook's async path (httpx, one connection pool per event loop shared by
 every trigger, the same retry policy and errors as the sync hook); the connection is looked up with
-Airflow's async API. Nothing in :meth:`CallBatchTrigger.run` blocks the event loop, so a thousand
-waiting batches cost one triggerer a few dozen keep-alive connections (see docs/benchmarks.md).
+Airflow's async API. Once the batch's agent is known, polls read counters from the agent's batch
+list through the event loop's shared :class:`~airflow_provider_cartesia.polling.BatchListPoller`:
+a thousand waits on one agent cost a walk of its list per interval, not a thousand GETs of every
+recipient (see docs/waiting.md and docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Collection
+from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
@@ -19,11 +22,13 @@ from airflow.triggers.base import BaseTrigger, TriggerEvent
 from airflow_provider_cartesia.exceptions import CartesiaError
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.models import WaitFor
+from airflow_provider_cartesia.polling import BatchListPoller, poller_for
 from airflow_provider_cartesia.waiting import (
     DEFAULT_FAILURE_STATUSES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SUCCESS_STATUSES,
     BatchWatch,
+    Verdict,
     WaitCriteria,
     backoff_interval,
     timeout_message,
@@ -57,6 +62,9 @@ class CallBatchTrigger(BaseTrigger):
     :param exponential_backoff: double the interval after each poll, up to ``max_wait`` seconds.
     :param consecutive_failures: failed polls in a row already seen by the task before it deferred,
         so that the budget is the same as in the other modes.
+    :param agent_id: the batch's agent, when known (the task's first read tells it); None: the first
+        poll is a GET of the batch, which tells it.
+    :param batch_created_at: when the batch was created (RFC 3339), so that the list walk can stop early.
     :param wait_for, success_statuses, failure_statuses, max_consecutive_failures: see
         :class:`~airflow_provider_cartesia.waiting.WaitCriteria`.
     """
@@ -75,6 +83,8 @@ class CallBatchTrigger(BaseTrigger):
         exponential_backoff: bool = False,
         max_wait: float | None = None,
         consecutive_failures: int = 0,
+        agent_id: str | None = None,
+        batch_created_at: datetime | str | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -88,6 +98,12 @@ class CallBatchTrigger(BaseTrigger):
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = float(max_wait) if max_wait else None
         self.consecutive_failures = int(consecutive_failures)
+        self.agent_id = agent_id or None
+        if isinstance(batch_created_at, str):
+            batch_created_at = datetime.fromisoformat(batch_created_at)
+        self.batch_created_at = batch_created_at
+        self._poller: BatchListPoller | None = None
+        self._poller_token = 0
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         """Classpath and keyword arguments, as stored in the metadata database: ids and settings only."""
@@ -102,6 +118,8 @@ class CallBatchTrigger(BaseTrigger):
                 "exponential_backoff": self.exponential_backoff,
                 "max_wait": self.max_wait,
                 "consecutive_failures": self.consecutive_failures,
+                "agent_id": self.agent_id,
+                "batch_created_at": self.batch_created_at.isoformat() if self.batch_created_at else None,
                 **self.criteria.to_dict(),
             },
         )
@@ -121,8 +139,30 @@ class CallBatchTrigger(BaseTrigger):
         await asyncio.sleep(seconds)
 
     async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-        """One read of the batch, through the hook's async path (never a blocking call)."""
-        return await hook.aget_call_batch(self.batch_id)
+        """One read of the batch (recipients' statuses only), through the hook's async path (never blocking)."""
+        return await hook.aget_call_batch_statuses(self.batch_id)
+
+    async def _poll(self, hook: CartesiaHook, watch: BatchWatch, urgent: bool) -> tuple[Verdict, float | None]:
+        """One poll: the counters from the shared list walk, then a GET only when they end the wait (or
+        the list does not show the batch). Returns the verdict and when the list was read."""
+        read_at = None
+        try:
+            if watch.agent_id is not None:
+                if self._poller is None:
+                    self._poller = poller_for(hook, watch.agent_id, self._now, self._sleep)
+                    self._poller_token = self._poller.join(self.poll_interval)
+                counters, read_at = await self._poller.read(self.batch_id, watch.created_at, urgent=urgent)
+                if not watch.needs_full_read(counters):
+                    return watch.observe(counters), read_at  # type: ignore[arg-type]
+            batch = await self._fetch(hook)
+        except CartesiaError as exc:
+            return watch.failed(exc), read_at
+        return watch.observe(batch), read_at
+
+    def _leave_poller(self) -> None:
+        if self._poller is not None:
+            self._poller.leave(self._poller_token)
+            self._poller = None
 
     def _interval(self, polls_done: int) -> float:
         if self.exponential_backoff:
@@ -130,27 +170,34 @@ class CallBatchTrigger(BaseTrigger):
         return self.poll_interval
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
+        try:
+            async for event in self._wait():
+                yield event
+        finally:
+            self._leave_poller()  # ended, cancelled or its loop closing: the poller forgets this wait
+
+    async def _wait(self) -> AsyncIterator[TriggerEvent]:
         hook = self.hook
-        watch = BatchWatch(self.batch_id, self.criteria, self.log)
+        watch = BatchWatch(self.batch_id, self.criteria, self.log, self.agent_id, self.batch_created_at)
         watch.consecutive_failures = self.consecutive_failures
         next_poll_at = self.first_poll_at if self.first_poll_at is not None else self._now()
         while True:
             # Poll when due, or at the deadline: like a sensor, look once more before timing out.
-            due = next_poll_at if self.end_time is None else min(next_poll_at, self.end_time)
+            at_deadline = self.end_time is not None and next_poll_at >= self.end_time
+            due = self.end_time if at_deadline and self.end_time is not None else next_poll_at
             delay = due - self._now()
             if delay > 0:
                 await self._sleep(delay)
             started = self._now()
-            try:
-                batch = await self._fetch(hook)
-            except CartesiaError as exc:
-                verdict = watch.failed(exc)
-            else:
-                verdict = watch.observe(batch)
+            verdict, read_at = await self._poll(hook, watch, urgent=at_deadline)
+            if read_at is not None:
+                started = read_at  # in step with the shared list walk
             if verdict.outcome != "waiting":
+                self._leave_poller()
                 yield TriggerEvent(trigger_event(verdict, self.batch_id))
                 return
             if self.end_time is not None and self._now() >= self.end_time:
+                self._leave_poller()
                 yield TriggerEvent(
                     {
                         "status": "timeout",

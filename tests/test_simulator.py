@@ -1042,3 +1042,12 @@ def test_cli_default_key_is_not_printed():
     assert err == ""
     assert DEFAULT_API_KEY not in out + "".join(lines.values())
     assert "built-in test key" in lines["API key"]
+
+
+@pytest.mark.parametrize("zero", [0x0660, 0xFF10, 0x0966], ids=["arabic-indic", "fullwidth", "devanagari"])
+def test_create_rejects_a_number_written_with_non_ascii_digits(client: Client, zero: int):
+    """E.164 is ASCII digits; ``\\d`` would accept any script's digits (one person, several spellings)."""
+    number = "+1" + "".join(chr(zero + int(d)) for d in "4155550000")
+    error = assert_error(client.post(BATCHES, json=_mutate(recipients=_recipients({"to_number": number}))), 400)
+    assert "E.164" in error["message"]
+    assert client.sim.batch_count() == 0

@@ -146,10 +146,11 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     {...}}`` (templated; an XComArg such as ``task.output``, or JSON text), or ``recipients_sql`` run on
     ``warehouse_conn_id`` (any common-sql connection), returning a ``to_number`` column and optionally
     a ``metadata`` column (a JSON object) and other columns (each becomes a metadata key). Everything
-    is validated before the first request: E.164 numbers, metadata a JSON object of at most 4 KiB, no
-    number twice, the option ranges of the API. Errors name rows by position (``recipient #17``) and
-    show at most 4 characters of a number; numbers and metadata never reach logs, XCom or the task's
-    rendered-template view (which shows a count).
+    is validated before the first request: E.164 numbers (ASCII digits), metadata a JSON object (no
+    NUL, at most 100 levels deep; no size limit: Cartesia's own 400 is turned into an error naming the
+    recipient), no number twice, the option ranges of the API. Errors name rows by position
+    (``recipient #17``) and show at most 4 characters of a number; numbers and metadata never reach
+    logs, XCom or the rendered-template view of a mapped or unmapped task (which shows a count).
 
     **More than 5,000 recipients** (the API's maximum) become several batches of balanced size, in
     order, named ``<name> (1/3) [af:…]``, ``<name> (2/3) [af:…]``, ...; a retry creates only the

@@ -39,3 +39,16 @@ def test_a_scheme_less_host_that_is_not_loopback_never_gets_plain_http() -> None
     assert normalize_base_url("10.0.0.5:8089", None, "c") == "https://10.0.0.5:8089"
     with pytest.raises(CartesiaConfigError, match="refusing to send the API key over plain HTTP"):
         normalize_base_url("http://10.0.0.5:8089", None, "c")
+
+
+def test_readme_install_names_the_wheel_the_build_writes() -> None:
+    """README's wheel file name follows the version (tests/test_release.py builds and installs that wheel)."""
+    from pathlib import Path
+
+    from airflow_provider_cartesia.get_provider_info import VERSION
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    install = readme[readme.index("## Install") : readme.index("## The `cartesia` connection")]
+    assert "not on PyPI yet" in install
+    assert install.count(f"dist/airflow_provider_cartesia-{VERSION}-py3-none-any.whl") == 2
+    assert "pip install airflow-provider-cartesia " in install  # kept for when it is published

@@ -773,6 +773,37 @@ def test_dag_test_cleared_run_reattaches_and_a_new_run_creates(
     assert sim.count("POST", BATCHES) == 2
 
 
+def test_recipients_field_renders_on_the_executing_copy_only_and_keeps_its_upstream() -> None:
+    """Rendering fills the field of the copy that runs; the DAG's task keeps its template (for the next try)."""
+    from airflow.sdk import task
+
+    with DAG("cartesia_field", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+
+        @task
+        def upstream() -> list[dict[str, Any]]:
+            return RECIPIENTS
+
+        templated = CreateCallBatchOperator(
+            task_id="templated",
+            name="n",
+            agent_id=AGENT,
+            from_number_id="pn_1",
+            recipients=[{"to_number": "+14155550100", "metadata": {"day": "{{ ds }}"}}],
+        )
+        pulled = CreateCallBatchOperator(
+            task_id="pulled", name="n", agent_id=AGENT, from_number_id="pn_1", recipients=upstream()
+        )
+    assert pulled.upstream_task_ids == {"upstream"}  # the XComArg inside the field still orders the tasks
+    assert str(templated.recipients) == "<1 recipient(s); not shown: phone numbers and metadata are personal data>"
+
+    running = templated.prepare_for_execution()
+    running.render_template_fields({"ds": "2026-06-01"}, dag.get_template_env())  # type: ignore[arg-type]
+
+    assert running.recipients is not None and templated.recipients is not None
+    assert running.recipients.value == [{"to_number": "+14155550100", "metadata": {"day": "2026-06-01"}}]
+    assert templated.recipients.value == [{"to_number": "+14155550100", "metadata": {"day": "{{ ds }}"}}]
+
+
 def _stored_rendered_fields(dag_id: str) -> dict[int, dict[str, Any]]:
     """Every row of Airflow's rendered_task_instance_fields table for ``dag_id``, by map index."""
     from airflow.models.renderedtifields import RenderedTaskInstanceFields

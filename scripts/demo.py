@@ -7,7 +7,8 @@
    (``.demo/airflow-home``): it creates the batch from the contacts, defers until every call has
    ended (``airflow dags test`` runs the trigger inline), exports the outcomes to the warehouse and
    reports the counts.
-4. Prints an outcome table and the one command to query the rows.
+4. Prints an outcome table, the one command to query the rows, and how to watch a batch from the
+   terminal (``python -m airflow_provider_cartesia batches watch``) and test your own DAG.
 
 A failure or Ctrl-C stops the simulator and Airflow (nothing is left running) and says what went
 wrong; the full Airflow output is in ``.demo/dags-test.log``.
@@ -363,8 +364,24 @@ def main() -> int:
     say()
     say(f"Rows: {WAREHOUSE}, table {TABLE}. Query them:")
     say(f"  {query_command()}")
+    say()
+    for line in next_steps():
+        say(line)
+    say()
     say(f"Done in {time.monotonic() - started:.0f} s. Full Airflow output: {DAGS_TEST_LOG.relative_to(REPO)}")
     return 0
+
+
+def next_steps() -> list[str]:
+    """Where to go from here: watching a batch live, and testing your own DAG."""
+    python = Path(sys.executable).relative_to(REPO) if Path.cwd() == REPO else Path(sys.executable)
+    return [
+        "Watch a batch live: start a simulator with a slow batch, paste the export line it prints, then watch:",
+        f"  {python} -m airflow_provider_cartesia.testing --scenario slow",
+        f"  {python} -m airflow_provider_cartesia batches watch <the batch id it printed>",
+        f"  ({python} -m airflow_provider_cartesia batches list / get <id> also work on your real connection)",
+        "Test your own DAG against the simulator: docs/testing.md; what it assumes: docs/simulator.md",
+    ]
 
 
 if __name__ == "__main__":

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import re
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ pytest_plugins = ["pytester"]
 REPO_ROOT = Path(__file__).resolve().parent.parent
 VERSION = "2026-03-01"
 BATCHES = "/agents/calls/batches"
+CALLS = "/agents/calls"
 START = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
 
 
@@ -343,11 +346,56 @@ def test_create_accepts_limits_at_their_bounds(sim: CartesiaSimulator, client: C
     body = batch_body(1, target_concurrency_limit=20, ringing_timeout_seconds=80, max_call_duration_minutes=480)
     body["recipients"][0]["metadata"] = {"x": "y" * 4000}
     body["region"] = "EU"
+    body["from_number_id"] = "pn_sip_trunk_1"
     created = client.post(BATCHES, json=body)
     assert created.status_code == 201, created.text
     assert (created.json()["target_concurrency_limit"], created.json()["region"]) == (20, "EU")
     default = client.post(BATCHES, json=batch_body(1)).json()
     assert (default["target_concurrency_limit"], default["region"]) == (10, "US")  # half the org limit
+
+
+@pytest.mark.parametrize("number_id", ["pn_1", "pn_twilio_1"])
+def test_region_is_refused_for_numbers_that_are_not_sip_trunks(sim: CartesiaSimulator, client: Client, number_id):
+    error = assert_error(client.post(BATCHES, json=batch_body(1, from_number_id=number_id, region="EU")), 400)
+    assert "SIP-trunk" in error["message"] and "omit it" in error["message"]
+    assert sim.batch_count() == 0
+    with pytest.raises(ValueError, match="SIP-trunk"):
+        sim.seed_batch(from_number_id=number_id, region="EU")
+
+
+def test_region_is_accepted_for_sip_trunk_numbers_and_otherwise_comes_from_the_account(
+    sim: CartesiaSimulator, client: Client
+):
+    sim.sip_trunk_number_ids.add("pn_trunk")
+    sim.telephony_region = "APAC"
+    trunk = client.post(BATCHES, json=batch_body(1, from_number_id="pn_trunk", region="EU"))
+    assert trunk.status_code == 201, trunk.text
+    assert trunk.json()["region"] == "EU"
+    omitted = client.post(BATCHES, json=batch_body(1, from_number_id="pn_1")).json()
+    assert omitted["region"] == "APAC", "an omitted region is the telephony account's, not a fixed US"
+    assert sim.batch(sim.seed_batch(from_number_id="pn_sip_2", region="US"))["region"] == "US"
+    # the calls say which telephony account placed them
+    sim.clock.advance(600)
+    calls = client.get(CALLS, params={"batch_id": trunk.json()["id"]}).json()["data"]
+    assert {c["telephony_account_type"] for c in calls} == {"sip_trunk"}
+    calls = client.get(CALLS, params={"batch_id": omitted["id"]}).json()["data"]
+    assert {c["telephony_account_type"] for c in calls} == {"cartesia"}
+    sim.reset()
+    assert (sim.sip_trunk_number_ids, sim.telephony_region) == (set(), "US")
+
+
+def test_metadata_limit_is_a_setting(sim: CartesiaSimulator, client: Client):
+    big = batch_body(1)
+    big["recipients"][0]["metadata"] = {"x": "y" * 5000}
+    assert "4096" in assert_error(client.post(BATCHES, json=big), 400)["message"]
+    sim.metadata_max_bytes = 100
+    small = batch_body(1)
+    small["recipients"][0]["metadata"] = {"x": "y" * 200}
+    assert "at most 100" in assert_error(client.post(BATCHES, json=small), 400)["message"]
+    sim.metadata_max_bytes = None
+    assert client.post(BATCHES, json=big).status_code == 201
+    sim.reset()
+    assert sim.metadata_max_bytes == 4096
 
 
 def test_create_refuses_bad_json_and_unknown_agents_or_numbers(sim: CartesiaSimulator, client: Client):
@@ -985,6 +1033,28 @@ def test_fixture_fails_a_test_whose_simulator_broke(pytester: pytest.Pytester):
     result.stdout.fnmatch_lines(["*simulator raised 1 error*boom*"])
 
 
+def test_cartesia_connection_fixture_points_airflow_at_the_simulator_for_one_test(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        """
+        import os
+
+        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+
+        def test_three_lines(cartesia_connection, cartesia_simulator):
+            batch_id = cartesia_simulator.seed_batch(recipients=2)
+            assert CartesiaHook(cartesia_connection).get_call_batch(batch_id).total_calls_scheduled == 2
+            assert cartesia_simulator.count("GET", "/agents/calls/batches/*") == 1
+
+
+        def test_undone_afterwards():
+            assert "AIRFLOW_CONN_CARTESIA_DEFAULT" not in os.environ
+        """
+    )
+    result = pytester.runpytest_inprocess("-p", "airflow_provider_cartesia.testing.pytest_plugin")
+    result.assert_outcomes(passed=2)
+
+
 def test_big_batch_of_5000_recipients(sim: CartesiaSimulator, client: Client):
     """How fast it is served is measured in benchmarks (docs/benchmarks.md), not asserted here."""
     created = client.post(BATCHES, json=batch_body(5000))
@@ -1014,6 +1084,9 @@ def _start_cli(*args: str) -> tuple[subprocess.Popen[str], dict[str, str]]:
         assert line, f"the CLI exited early: {process.stderr.read() if process.stderr else ''}"
         if line.startswith("Serving"):
             return process, lines
+        if line.startswith("export "):
+            lines["export"] = line.strip()
+            continue
         key, _, value = line.partition(": ")
         lines[key] = value.strip()
 
@@ -1025,7 +1098,7 @@ def test_cli_serves_and_stops_cleanly_on_signals(stop_signal: signal.Signals):
     try:
         url, batch_id = lines["URL"], lines["Seeded batch"].split()[0]
         assert url.startswith("http://127.0.0.1:")
-        assert lines["API key"] == "the value of --api-key"
+        assert lines["API key"] == secret
         headers = {"Authorization": f"Bearer {secret}", "Cartesia-Version": VERSION}
         body = requests.get(f"{url}{BATCHES}/{batch_id}", headers=headers, timeout=5).json()
         assert len(body["recipients"]) == 3
@@ -1038,18 +1111,48 @@ def test_cli_serves_and_stops_cleanly_on_signals(stop_signal: signal.Signals):
     assert process.returncode == 0
     assert err == "", "no traceback, no log noise"
     assert out.strip().endswith("Stopped.")
-    assert secret not in out
-    assert secret not in "".join(lines.values())
 
 
-def test_cli_default_key_is_not_printed():
-    process, lines = _start_cli()
-    process.terminate()
-    out, err = process.communicate(timeout=10)
+def test_cli_prints_a_connection_line_that_works_as_pasted(monkeypatch: pytest.MonkeyPatch):
+    """Paste the printed line into a shell, then use the connection through the hook."""
+    process, lines = _start_cli("--scenario", "fails")
+    try:
+        assert lines["API key"] == DEFAULT_API_KEY
+        headers = {"Authorization": f"Bearer {lines['API key']}", "Cartesia-Version": VERSION}
+        listed = requests.get(f"{lines['URL']}{BATCHES}", headers=headers, timeout=5)
+        assert listed.status_code == 200 and [b["id"] for b in listed.json()["data"]] == [lines["Scenario fails"]]
+        export = lines["export"]
+        exported = subprocess.run(
+            ["bash", "-c", f"{export} && printf %s \"$AIRFLOW_CONN_CARTESIA_DEFAULT\""],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        conn = json.loads(exported.stdout)
+        assert (conn["conn_type"], conn["host"], conn["password"]) == ("cartesia", lines["URL"], DEFAULT_API_KEY)
+        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_DEFAULT", exported.stdout)
+        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+
+        batch = CartesiaHook().get_call_batch(lines["Scenario fails"])
+        assert batch.name == "Scenario: fails" and batch.total_calls_scheduled == 10
+    finally:
+        process.terminate()
+        process.communicate(timeout=10)
     assert process.returncode == 0
-    assert err == ""
-    assert DEFAULT_API_KEY not in out + "".join(lines.values())
-    assert "built-in test key" in lines["API key"]
+
+
+def test_cli_help_explains_every_scenario():
+    from airflow_provider_cartesia.testing.scenarios import SCENARIOS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cartesia.testing", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    for name in SCENARIOS:
+        assert re.search(rf"^  {re.escape(name)} +\w", out, re.MULTILINE), f"--help does not explain {name}"
+    bad = subprocess.run(
+        [sys.executable, "-m", "airflow_provider_cartesia.testing", "--scenario", "nope"],
+        cwd=REPO_ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert bad.returncode == 2 and "invalid choice" in bad.stderr
 
 
 @pytest.mark.parametrize("zero", [0x0660, 0xFF10, 0x0966], ids=["arabic-indic", "fullwidth", "devanagari"])

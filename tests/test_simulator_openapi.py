@@ -277,6 +277,9 @@ def test_every_operation_answers_per_its_schema(sim: CartesiaSimulator, api: Spe
     retry_me = sim.seed_batch(recipients=2, outcomes={"busy": 1.0})
     sim.clock.advance(60)
     api.call("POST", f"{BATCHES}/{retry_me}/retry", 200)
+    trunk = api.call("POST", BATCHES, 201, json=batch_request(1, from_number_id="pn_sip_1", region="APAC"))
+    sim.clock.advance(600)
+    api.call("GET", CALLS, 200, params={"batch_id": trunk["id"]})
 
     calls = api.call("GET", CALLS, 200, params={"batch_id": batch_id})["data"]
     call_id = calls[0]["id"]
@@ -414,6 +417,7 @@ OUTBOUND = {"agent_id": "agent_1", "from_number_id": "pn_1", "outbound_calls": [
     [
         ("POST", BATCHES, {"json": {"name": "x"}}, 400),
         ("POST", BATCHES, {"json": batch_request(agent_id="agent_missing_1")}, 404),
+        ("POST", BATCHES, {"json": batch_request(region="EU")}, 400),
         ("GET", f"{BATCHES}/acb_nope", {}, 404),
         ("POST", f"{BATCHES}/acb_nope/cancel", {}, 404),
         ("POST", f"{BATCHES}/acb_nope/retry", {}, 404),

@@ -181,7 +181,8 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     :param max_call_duration_minutes: 1 to 480.
     :param scheduled_at: when dialing starts (templated): an aware datetime or RFC 3339 text with an
         offset, in the future and within 30 days. None dials at once.
-    :param region: ``US``, ``EU`` or ``APAC`` (SIP-trunk numbers only).
+    :param region: ``US``, ``EU`` or ``APAC``, only when ``from_number_id`` is a SIP-trunk number
+        (Cartesia refuses it for other numbers with a 400). None: the telephony account's region.
     :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
     :param skip_if_no_recipients: skip the task when there are no recipients instead of failing.
     :param cartesia_conn_id: the Airflow connection of type ``cartesia`` (templated).

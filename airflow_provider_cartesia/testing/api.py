@@ -74,6 +74,9 @@ class ApiConfig(Protocol):
     org_concurrency_limit: int
     unknown_agent_ids: set[str]
     unknown_phone_number_ids: set[str]
+    sip_trunk_number_ids: set[str]
+    telephony_region: str
+    metadata_max_bytes: int | None
     dispatch_interval: float
     call_seconds: tuple[float, float]
     outcomes: dict[str, float] | None
@@ -232,6 +235,26 @@ class CartesiaApi:
     def _number_known(self, number_id: str) -> bool:
         return number_id not in self.config.unknown_phone_number_ids and not number_id.startswith("pn_missing")
 
+    def telephony_account_type(self, number_id: str) -> str:
+        """``sip_trunk`` for the SIP-trunk numbers (``sip_trunk_number_ids``, ids starting ``pn_sip``),
+        else ``cartesia`` (a Cartesia-hosted number)."""
+        if number_id in self.config.sip_trunk_number_ids or number_id.startswith("pn_sip"):
+            return "sip_trunk"
+        return "cartesia"
+
+    def batch_region(self, from_number_id: str, region: str | None) -> str:
+        """The region a batch dispatches from: ``region`` is accepted for a SIP-trunk number only;
+        omitted, it comes from the telephony account (``telephony_region``)."""
+        if region is None:
+            return self.config.telephony_region
+        if self.telephony_account_type(from_number_id) != "sip_trunk":
+            raise ApiError(
+                400,
+                "`region` is valid only when `from_number_id` is a SIP-trunk number; omit it to use the "
+                "region of the number's telephony account.",
+            )
+        return region
+
     def _check_agent_and_number(self, agent_id: str, from_number_id: str) -> None:
         if not self._agent_known(agent_id):
             raise ApiError(404, "Agent not found.")
@@ -304,10 +327,16 @@ class CartesiaApi:
 
     def create_batch(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
         try:
-            spec = batch_request(self._body(request), now=now, org_concurrency_limit=self.config.org_concurrency_limit)
+            spec = batch_request(
+                self._body(request),
+                now=now,
+                org_concurrency_limit=self.config.org_concurrency_limit,
+                metadata_max_bytes=self.config.metadata_max_bytes,
+            )
         except ValidationError as exc:
             raise ApiError(400, str(exc)) from exc
         self._check_agent_and_number(spec.agent_id, spec.from_number_id)
+        region = self.batch_region(spec.from_number_id, spec.region)
         batch = self.state.create_batch(
             now=now,
             name=spec.name,
@@ -319,7 +348,8 @@ class CartesiaApi:
             ringing_timeout_seconds=spec.ringing_timeout_seconds,
             max_call_duration_minutes=spec.max_call_duration_minutes,
             scheduled_at=spec.scheduled_at,
-            region=spec.region,
+            region=region,
+            telephony_account_type=self.telephony_account_type(spec.from_number_id),
         )
         return json_response(201, batch_json(batch, now, with_recipients=False))
 
@@ -389,7 +419,7 @@ class CartesiaApi:
 
     def create_calls(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
         try:
-            spec = outbound_call_request(self._body(request))
+            spec = outbound_call_request(self._body(request), metadata_max_bytes=self.config.metadata_max_bytes)
         except ValidationError as exc:
             raise ApiError(400, str(exc)) from exc
         self._check_agent_and_number(spec.agent_id, spec.from_number_id)
@@ -401,6 +431,7 @@ class CartesiaApi:
             profile=self.profile(),
             ringing_timeout_seconds=spec.ringing_timeout_seconds,
             max_call_duration_minutes=spec.max_call_duration_minutes,
+            telephony_account_type=self.telephony_account_type(spec.from_number_id),
         )
         items: list[dict[str, Any]] = []
         for line in lines:

@@ -15,13 +15,14 @@ Only the standard library is imported.
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any
 
-from airflow_provider_cartesia.testing.api import CartesiaApi
+from airflow_provider_cartesia.testing.api import ApiError, CartesiaApi
 from airflow_provider_cartesia.testing.clock import SimClock
 from airflow_provider_cartesia.testing.faults import Fault, FaultPlan
 from airflow_provider_cartesia.testing.recording import RecordedRequest, RequestLog
@@ -33,6 +34,7 @@ from airflow_provider_cartesia.testing.state import (
     batch_times,
     truncate_ms,
 )
+from airflow_provider_cartesia.testing.validation import METADATA_MAX_BYTES, REGIONS
 from airflow_provider_cartesia.testing.views import batch_json, call_json
 
 DEFAULT_API_KEY = "sk_car_test_key"
@@ -43,6 +45,9 @@ _SETTINGS = (
     "org_concurrency_limit",
     "unknown_agent_ids",
     "unknown_phone_number_ids",
+    "sip_trunk_number_ids",
+    "telephony_region",
+    "metadata_max_bytes",
     "dispatch_interval",
     "call_seconds",
     "outcomes",
@@ -64,6 +69,13 @@ class CartesiaSimulator:
     - ``unknown_agent_ids`` / ``unknown_phone_number_ids``: ids the API answers 404 for on create;
       any agent id starting with ``agent_missing`` and any number id starting with ``pn_missing``
       are unknown too. Every other id exists.
+    - ``sip_trunk_number_ids``: phone-number ids backed by a SIP trunk; ids starting with ``pn_sip``
+      are SIP-trunk numbers too, every other number is Cartesia-hosted. A create's ``region`` is
+      accepted only for a SIP-trunk number (else 400), as Cartesia documents.
+    - ``telephony_region`` (``"US"``): the telephony account's region, which a batch created
+      without ``region`` gets.
+    - ``metadata_max_bytes`` (4096, None: no limit): a recipient's ``metadata`` larger than this
+      as compact JSON is a 400. Cartesia documents the 400 but not the number (docs/simulator.md).
     - ``dispatch_interval`` (1.0 s), ``call_seconds`` ((20, 90) s) and ``outcomes`` (None: the
       default mix) shape batches and calls created *through the API*; :meth:`seed_batch` takes its
       own.
@@ -87,6 +99,9 @@ class CartesiaSimulator:
         self.org_concurrency_limit = DEFAULT_ORG_CONCURRENCY_LIMIT
         self.unknown_agent_ids: set[str] = set()
         self.unknown_phone_number_ids: set[str] = set()
+        self.sip_trunk_number_ids: set[str] = set()
+        self.telephony_region = "US"
+        self.metadata_max_bytes: int | None = METADATA_MAX_BYTES
         self.dispatch_interval = 1.0
         self.call_seconds: tuple[float, float] = (20.0, 90.0)
         self.outcomes: dict[str, float] | None = None
@@ -190,7 +205,7 @@ class CartesiaSimulator:
         target_concurrency_limit: int = 10,
         ringing_timeout_seconds: int = 60,
         max_call_duration_minutes: int = 480,
-        region: str = "US",
+        region: str | None = None,
     ) -> str:
         """Create a batch directly (no HTTP, no validation beyond shapes); returns its id.
 
@@ -199,8 +214,12 @@ class CartesiaSimulator:
         where the optional ``outcome`` (one of ``OUTCOME_KINDS``) forces that recipient's first
         attempt; other attempts (and recipients without it) draw from ``outcomes``. The batch is
         created at ``created_at`` (default: the clock's now) and dispatches from
-        ``max(created_at, scheduled_at)``; see ``state.py`` for the timing model.
+        ``max(created_at, scheduled_at)``; see ``state.py`` for the timing model. ``region`` is
+        for a SIP-trunk ``from_number_id`` only (ValueError otherwise, like the API's 400); omitted,
+        the batch gets ``telephony_region``.
         """
+        if region is not None and region not in REGIONS:
+            raise ValueError(f"region must be one of {', '.join(REGIONS)}")
         forced: list[str | None] | None = None
         if isinstance(recipients, int):
             if recipients < 1:
@@ -216,6 +235,10 @@ class CartesiaSimulator:
                 raise ValueError(f"unknown outcome kinds {sorted(unknown)}; known: {', '.join(OUTCOME_KINDS)}")
         profile = CallProfile(dispatch_interval=dispatch_interval, call_seconds=call_seconds, outcomes=outcomes)
         with self._api.lock:
+            try:
+                region = self._api.batch_region(from_number_id, region)
+            except ApiError as exc:
+                raise ValueError(exc.message) from None
             now = truncate_ms(created_at if created_at is not None else self.clock.now())
             batch = self._api.state.create_batch(
                 now=now,
@@ -230,8 +253,28 @@ class CartesiaSimulator:
                 scheduled_at=truncate_ms(scheduled_at) if scheduled_at is not None else None,
                 region=region,
                 first_outcomes=forced,
+                telephony_account_type=self._api.telephony_account_type(from_number_id),
             )
             return batch.id
+
+    def cancel_batch(self, batch_id: str) -> dict[str, Any]:
+        """Cancel a batch now, as ``POST .../cancel`` would (no HTTP); returns the batch. KeyError if unknown."""
+        with self._api.lock:
+            batch = self._api.state.batches[batch_id]
+            now = truncate_ms(self.clock.now())
+            self._api.state.cancel_batch(batch, now)
+            return batch_json(batch, now, with_recipients=False)
+
+    def connection_json(self, api_version: str = "2026-03-01", **extra: Any) -> str:
+        """The value of an ``AIRFLOW_CONN_<ID>`` variable (JSON form) for a ``cartesia`` connection here."""
+        return json.dumps(
+            {
+                "conn_type": "cartesia",
+                "host": self.url,
+                "password": self.api_key,
+                "extra": {"api_version": api_version, **extra},
+            }
+        )
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         """What ``GET /agents/calls/batches/{batch_id}`` would return now. KeyError if unknown."""

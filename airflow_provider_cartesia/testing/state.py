@@ -161,6 +161,7 @@ class Recipient:
     from_number_id: str
     batch: Batch | None
     attempts: list[Attempt] = field(default_factory=list)
+    telephony_account_type: str = "cartesia"
 
     @property
     def latest(self) -> Attempt:
@@ -356,6 +357,7 @@ class SimState:
         scheduled_at: datetime | None = None,
         region: str = "US",
         first_outcomes: list[str | None] | None = None,
+        telephony_account_type: str = "cartesia",
     ) -> Batch:
         """Queue a batch; ``first_outcomes[i]`` (seeding only) forces recipient i's first outcome kind."""
         batch_rng = random.Random(self.rng.getrandbits(64))
@@ -383,6 +385,7 @@ class SimState:
                 agent_id=agent_id,
                 from_number_id=from_number_id,
                 batch=batch,
+                telephony_account_type=telephony_account_type,
             )
             batch.recipients.append(recipient)
             dispatch_at = after(batch.admitted_at, (index + 1) * profile.dispatch_interval)
@@ -438,6 +441,7 @@ class SimState:
         profile: CallProfile,
         ringing_timeout_seconds: int = 60,
         max_call_duration_minutes: int = 480,
+        telephony_account_type: str = "cartesia",
     ) -> list[Recipient]:
         """Dial every number now (no batch); each gets one attempt."""
         lines = []
@@ -450,6 +454,7 @@ class SimState:
                 agent_id=agent_id,
                 from_number_id=from_number_id,
                 batch=None,
+                telephony_account_type=telephony_account_type,
             )
             attempt = self._plan(
                 self.rng,

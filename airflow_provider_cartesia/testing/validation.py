@@ -16,7 +16,9 @@ E164 = re.compile(r"\+[1-9][0-9]{1,14}")  # ASCII digits only: \d matches any sc
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 MAX_RECIPIENTS = 5000
-METADATA_MAX_BYTES = 4096  # compact JSON, UTF-8; the real limit is undocumented (cartesia-api.md §3.1)
+METADATA_MAX_BYTES = 4096
+"""The simulator's default ``metadata_max_bytes`` (compact JSON, UTF-8). Cartesia documents only
+"400 for oversized metadata", not the number: an assumption, see docs/simulator.md."""
 SCHEDULE_HORIZON = timedelta(days=30)
 REGIONS = ("US", "EU", "APAC")
 
@@ -55,7 +57,9 @@ def _int(body: dict[str, Any], key: str, low: int, high: int | None, default: in
     return value
 
 
-def _destinations(body: dict[str, Any], key: str, maximum: int | None) -> list[tuple[str, dict[str, Any] | None]]:
+def _destinations(
+    body: dict[str, Any], key: str, maximum: int | None, metadata_max_bytes: int | None
+) -> list[tuple[str, dict[str, Any] | None]]:
     items = body.get(key)
     if not isinstance(items, list) or not items:
         raise ValidationError(f"`{key}` is required and must be a non-empty array")
@@ -74,9 +78,9 @@ def _destinations(body: dict[str, Any], key: str, maximum: int | None) -> list[t
             if not isinstance(metadata, dict):
                 raise ValidationError(f"{where}.metadata must be an object or null")
             size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False).encode())
-            if size > METADATA_MAX_BYTES:
+            if metadata_max_bytes is not None and size > metadata_max_bytes:
                 raise ValidationError(
-                    f"{where}.metadata is {size} bytes as JSON; at most {METADATA_MAX_BYTES} are allowed"
+                    f"{where}.metadata is {size} bytes as JSON; at most {metadata_max_bytes} are allowed"
                 )
         out.append((number, metadata))
     return out
@@ -92,17 +96,19 @@ class BatchRequest:
     ringing_timeout_seconds: int
     max_call_duration_minutes: int
     scheduled_at: datetime | None
-    region: str
+    region: str | None  # None: the telephony account's region
 
 
-def batch_request(body: Any, *, now: datetime, org_concurrency_limit: int) -> BatchRequest:
-    """Validate an ``AgentCallBatchRequest`` (B1)."""
+def batch_request(
+    body: Any, *, now: datetime, org_concurrency_limit: int, metadata_max_bytes: int | None = METADATA_MAX_BYTES
+) -> BatchRequest:
+    """Validate an ``AgentCallBatchRequest`` (B1). Whether ``region`` suits the number is the API's check."""
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object")
     name = _string(body, "name")
     agent_id = _string(body, "agent_id")
     from_number_id = _string(body, "from_number_id")
-    recipients = _destinations(body, "recipients", MAX_RECIPIENTS)
+    recipients = _destinations(body, "recipients", MAX_RECIPIENTS, metadata_max_bytes)
     limit = _int(body, "target_concurrency_limit", 1, None, max(1, org_concurrency_limit // 2))
     if limit > org_concurrency_limit:
         raise ValidationError(
@@ -119,9 +125,7 @@ def batch_request(body: Any, *, now: datetime, org_concurrency_limit: int) -> Ba
         if scheduled_at > now + SCHEDULE_HORIZON:
             raise ValidationError("`scheduled_at` must be within 30 days")
     region = body.get("region")
-    if region is None:
-        region = "US"
-    elif region not in REGIONS:
+    if region is not None and region not in REGIONS:
         raise ValidationError(f"`region` must be one of {', '.join(REGIONS)}")
     return BatchRequest(
         name=name,
@@ -145,14 +149,14 @@ class OutboundCallRequest:
     max_call_duration_minutes: int
 
 
-def outbound_call_request(body: Any) -> OutboundCallRequest:
+def outbound_call_request(body: Any, *, metadata_max_bytes: int | None = METADATA_MAX_BYTES) -> OutboundCallRequest:
     """Validate an ``AgentOutboundCallRequest`` (C2)."""
     if not isinstance(body, dict):
         raise ValidationError("The request body must be a JSON object")
     return OutboundCallRequest(
         agent_id=_string(body, "agent_id"),
         from_number_id=_string(body, "from_number_id"),
-        calls=_destinations(body, "outbound_calls", None),
+        calls=_destinations(body, "outbound_calls", None, metadata_max_bytes),
         ringing_timeout_seconds=_int(body, "ringing_timeout_seconds", 5, 80, 60),
         max_call_duration_minutes=_int(body, "max_call_duration_minutes", 1, None, 480),
     )

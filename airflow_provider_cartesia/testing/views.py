@@ -161,7 +161,7 @@ def call_json(recipient: Recipient, attempt: Attempt, now: datetime, *, with_tra
         "end_time": fmt_time(attempt.end_at) if ended else None,
         "end_reason": attempt.end_reason if ended else None,
         "error_message": attempt.error_message if ended else None,
-        "telephony_account_type": "cartesia",
+        "telephony_account_type": recipient.telephony_account_type,
         "metadata": recipient.metadata,
         "redacted_at": None,
     }

@@ -63,6 +63,13 @@ def recipients_fingerprint(recipients: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:FINGERPRINT_HEX]
 
 
+def parts_report(created: Mapping[int, str], parts: int) -> str:
+    """Which parts of a split campaign exist (with their ids) and which do not, for an error message."""
+    done = ", ".join(f"part {p} ({created[p]})" for p in sorted(created)) or "none"
+    missing = ", ".join(f"part {p}" for p in range(1, parts + 1) if p not in created) or "none"
+    return f"Of this campaign's {parts} call batches, created: {done}; not created: {missing}"
+
+
 @dataclass(frozen=True)
 class TaggedBatch:
     """A listed batch whose name carries our tag."""

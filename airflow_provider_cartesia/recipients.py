@@ -5,8 +5,9 @@ message. Errors name the offending row by its 1-based position (``recipient #17`
 most the first four characters of a number (``+141…``), never a whole phone number or any metadata.
 
 - :func:`validate_recipients`: ``[{"to_number": "+1...", "metadata": {...}}, ...]`` as the API takes
-  them; E.164 numbers, metadata a JSON object of at most :data:`MAX_METADATA_BYTES`, no number twice
-  (unless allowed).
+  them; E.164 numbers (ASCII digits), metadata a JSON object without NUL characters nested at most
+  :data:`MAX_METADATA_DEPTH` levels, no number twice (unless allowed). No size limit: Cartesia
+  documents none, so its own 400 decides (the create operator names the recipient it refused).
 - :func:`recipients_from_rows`: rows of a SQL query (a ``to_number`` column, optionally a
   ``metadata`` column holding a JSON object, every other column a metadata key) as recipients.
 - :func:`load_recipients_from_sql`: run the query on an Airflow SQL connection and do the above.
@@ -27,13 +28,13 @@ from uuid import UUID
 
 from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
 
-E164 = re.compile(r"^\+[1-9]\d{1,14}$")
-"""A destination number as the API takes it: ``+``, a country code and at most 15 digits in all."""
-"""Most recipients one create request may carry (``AgentCallBatchRequest.recipients.maxItems``)."""
-MAX_METADATA_BYTES = 4096
-"""Largest per-recipient metadata, as compact UTF-8 JSON. Cartesia does not document its limit (it
-answers 400 for "oversized metadata"); this is the bound the bundled simulator enforces. Checked up
-front so that a batch split in parts is not refused half-way through."""
+E164 = re.compile(r"\+[1-9][0-9]{1,14}")
+"""A destination number as the API takes it: ``+``, a country code and at most 15 ASCII digits in all
+(``\\d`` would also match Arabic-Indic or fullwidth digits: one person under three spellings)."""
+MAX_METADATA_DEPTH = 100
+"""Deepest nesting of a recipient's metadata (objects and arrays). Cartesia documents none; JSON
+encoders recurse per level (Python's fails near 1,000), so deeper metadata cannot be sent reliably."""
+NUL = "\x00"
 MAX_ERRORS_SHOWN = 5
 RECIPIENT_KEYS = frozenset({"to_number", "metadata"})
 TO_NUMBER_COLUMN = "to_number"
@@ -60,18 +61,30 @@ def mask_number(value: object) -> str:
     return f"{value[:keep]}…"
 
 
-def _metadata_problem(metadata: object, max_bytes: int) -> str | None:
+def _metadata_problem(metadata: object) -> str | None:
+    """What makes ``metadata`` unsendable, or None. Walks it without recursion (depth, NUL, JSON)."""
     if not isinstance(metadata, Mapping):
         return f"metadata must be a JSON object or null, got a {type(metadata).__name__}"
     if not all(isinstance(key, str) for key in metadata):
         return "metadata keys must be strings"
+    stack: list[tuple[object, int]] = [(metadata, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (Mapping, list, tuple)) and depth > MAX_METADATA_DEPTH:
+            return f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep (or contains itself); flatten it"
+        if isinstance(value, Mapping):
+            if any(isinstance(key, str) and NUL in key for key in value):
+                return "a metadata key holds a NUL character (\\u0000); remove it"
+            stack.extend((item, depth + 1) for item in value.values())
+        elif isinstance(value, (list, tuple)):
+            stack.extend((item, depth + 1) for item in value)
+        elif isinstance(value, str) and NUL in value:
+            return "a metadata text value holds a NUL character (\\u0000); remove it"
     try:
-        size = len(json.dumps(metadata, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+        json.dumps(metadata, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError) as exc:
         reason = str(exc).split(" is not JSON serializable")[0].replace("Object of type ", "a ")
         return f"metadata is not JSON ({reason})"
-    if size > max_bytes:
-        return f"metadata is {size:,} bytes as JSON; at most {max_bytes:,} are allowed"
     return None
 
 
@@ -79,11 +92,11 @@ def validate_recipients(
     items: Iterable[Any],
     *,
     allow_duplicate_numbers: bool = False,
-    max_metadata_bytes: int = MAX_METADATA_BYTES,
 ) -> list[dict[str, Any]]:
     """Check every recipient and return them as the API takes them (``metadata`` left out when null).
 
-    :param items: mappings with ``to_number`` (E.164 text) and optionally ``metadata`` (a JSON object).
+    :param items: mappings with ``to_number`` (E.164 text, ASCII digits) and optionally ``metadata`` (a
+        JSON object).
         Any other key is an error: put extra fields in ``metadata``.
     :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
     :raises InvalidRecipientsError: naming each bad row by position (first few shown), or when empty.
@@ -109,12 +122,12 @@ def validate_recipients(
         if not E164.fullmatch(number):
             problems.append(
                 f"{where}: to_number is not E.164 ({mask_number(number)}): "
-                "+ and a country code, 2 to 15 digits, no spaces"
+                "+ and a country code, 2 to 15 ASCII digits (0-9), no spaces"
             )
             continue
         metadata = item.get("metadata")
         if metadata is not None:
-            problem = _metadata_problem(metadata, max_metadata_bytes)
+            problem = _metadata_problem(metadata)
             if problem:
                 problems.append(f"{where}: {problem}")
                 continue
@@ -135,6 +148,24 @@ def validate_recipients(
     if problems:
         raise InvalidRecipientsError(problems, count)
     return out
+
+
+_REFUSED_RECIPIENT = re.compile(r"\brecipients\[(\d+)\]")
+
+
+def refused_recipient(error: Exception, count: int) -> int | None:
+    """The 0-based index of the recipient a create's 400 names (``recipients[3].metadata ...``), or None.
+
+    Only a 400/422 (:class:`CartesiaBadRequestError`) whose message points into a list of ``count``.
+    """
+    from airflow_provider_cartesia.exceptions import CartesiaBadRequestError
+
+    if not isinstance(error, CartesiaBadRequestError):
+        return None
+    match = _REFUSED_RECIPIENT.search(error.message or "")
+    if match is None or int(match[1]) >= count:
+        return None
+    return int(match[1])
 
 
 def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_RECIPIENTS_PER_BATCH) -> list[list[Any]]:
@@ -204,6 +235,9 @@ def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
                     raw = json.loads(raw)
                 except ValueError:
                     problems.append(f"{where}: the metadata column is not valid JSON")
+                    continue
+                except RecursionError:
+                    problems.append(f"{where}: the metadata column is nested too deeply to read as JSON")
                     continue
             if not isinstance(raw, Mapping):
                 problems.append(f"{where}: the metadata column must hold a JSON object, got a {type(raw).__name__}")

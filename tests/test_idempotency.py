@@ -12,6 +12,7 @@ from airflow_provider_cartesia.idempotency import (
     DuplicateRiskError,
     parse_tag,
     part_name,
+    parts_report,
     plan_parts,
     recipients_fingerprint,
     scan_for_tagged,
@@ -178,3 +179,15 @@ def test_plan_refuses_to_complete_an_earlier_list_that_differs() -> None:
 def test_plan_refuses_two_different_earlier_lists() -> None:
     with pytest.raises(DuplicateRiskError, match="different recipient lists"):
         plan_parts(_found((1, 1, "aaaaaa", 5), (1, 1, FP, 2)), 1, FP)
+
+
+@pytest.mark.parametrize(
+    ("created", "parts", "expected"),
+    [
+        ({1: "acb_1"}, 3, "created: part 1 (acb_1); not created: part 2, part 3"),
+        ({}, 2, "created: none; not created: part 1, part 2"),
+        ({2: "acb_2", 1: "acb_1"}, 2, "created: part 1 (acb_1), part 2 (acb_2); not created: none"),
+    ],
+)
+def test_parts_report_names_every_part(created: dict[int, str], parts: int, expected: str) -> None:
+    assert parts_report(created, parts) == f"Of this campaign's {parts} call batches, {expected}"

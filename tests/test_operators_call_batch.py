@@ -305,6 +305,12 @@ def test_a_changed_recipient_list_adopts_the_earlier_batch_and_sends_nothing(
         ({"to_number": "+14155550100"}, "recipients must be a list of {to_number, metadata} objects, got a dict"),
         ("+14155550100", "recipients rendered to text that is not JSON"),
         ([], "there are none; a batch needs at least one recipient"),
+        (
+            [{"to_number": "+" + "".join(chr(0xFF10 + int(d)) for d in "14155550100")}],
+            "recipient #1: to_number is not E",
+        ),
+        ([{"to_number": "+14155550100", "metadata": {"n": "a\x00"}}], "holds a NUL character"),
+        ("[" * 100_000 + "]" * 100_000, "recipients rendered to JSON text nested too deeply to read"),
     ],
 )
 def test_invalid_recipients_fail_before_any_request(
@@ -313,8 +319,93 @@ def test_invalid_recipients_fail_before_any_request(
     with pytest.raises(AirflowFailException) as info:
         _op(recipients=recipients).execute(_context(FakeTI(), run_after))
     assert expected in str(info.value)
+    assert str(info.value).endswith("No call batch was created")
     assert "4155550100" not in str(info.value) and "4155550101" not in str(info.value)
     assert cartesia_simulator.requests == []
+
+
+def test_invalid_recipients_on_a_retry_name_what_earlier_tries_created(
+    noretry_conn: str, cartesia_simulator: CartesiaSimulator, run_after: datetime
+) -> None:
+    """Try 1 creates part 1 of 2 and fails; try 2's list (another query result) is invalid: it says what exists."""
+    sim = cartesia_simulator
+    sim.inject("POST", BATCHES, Fault(headers={"X-Sim": "part 1 passes"}))
+    sim.inject("POST", BATCHES, Fault.server_error(500))
+    ti = FakeTI()
+    with pytest.raises(CartesiaServerError):
+        _op(noretry_conn, recipients=_numbers(5001)).execute(_context(ti, run_after))
+    (part1,) = sim.batch_ids()
+
+    with pytest.raises(AirflowFailException) as info:
+        _op(noretry_conn, recipients=[{"to_number": "4155550100"}]).execute(_context(ti.retry(), run_after))
+
+    assert str(info.value).endswith(
+        f"This try created no call batch; earlier tries of this task created: {part1} (part 1 of 2)"
+    )
+    assert sim.count("POST", BATCHES) == 2
+
+
+# -- Cartesia refusing a recipient (it documents no metadata limit: its own 400 decides) ----------------
+
+OVERSIZED = {"notes": "x" * 10_000}  # over the simulator's metadata limit; Cartesia documents none
+
+
+def test_a_recipient_cartesia_refuses_is_named_by_position(
+    cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator, run_after: datetime
+) -> None:
+    """The provider sends metadata of any size; Cartesia's 400 about ``recipients[3]`` names recipient #4."""
+    recipients = [*RECIPIENTS, {"to_number": "+14155550109", "metadata": OVERSIZED}]
+
+    with pytest.raises(AirflowFailException) as info:
+        _op(recipients=recipients).execute(_context(FakeTI(), run_after))
+
+    message = str(info.value)
+    assert message.startswith("Cartesia refused recipient #4 (+141…) of call batch 'Spring renewals [af:")
+    assert "recipients[3].metadata" in message
+    assert "4155550109" not in message and "xxxx" not in message
+    assert cartesia_simulator.count("POST", BATCHES) == 1 and cartesia_simulator.batch_ids() == []
+
+
+def test_a_split_campaign_refused_in_a_later_part_says_which_parts_exist(
+    cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator, run_after: datetime
+) -> None:
+    sim = cartesia_simulator
+    recipients = _numbers(5001)
+    recipients[3999] = {"to_number": recipients[3999]["to_number"], "metadata": OVERSIZED}  # in part 2
+
+    with pytest.raises(AirflowFailException) as info:
+        _op(recipients=recipients).execute(_context(FakeTI(), run_after))
+
+    (part1,) = sim.batch_ids()
+    message = str(info.value)
+    assert message.startswith("Cartesia refused recipient #4000 (+141…) of call batch 'Spring renewals (2/2) [af:")
+    assert message.endswith(f"Of this campaign's 2 call batches, created: part 1 ({part1}); not created: part 2")
+    assert sim.count("POST", BATCHES) == 2
+
+
+def test_a_split_campaign_failing_in_a_later_part_logs_which_parts_exist(
+    noretry_conn: str, cartesia_simulator: CartesiaSimulator, run_after: datetime
+) -> None:
+    """A retryable failure keeps its error (the retry adopts part 1); the log says what exists."""
+    from structlog.testing import capture_logs
+
+    sim = cartesia_simulator
+    sim.inject("POST", BATCHES, Fault(headers={"X-Sim": "part 1 passes"}))
+    sim.inject("POST", BATCHES, Fault.server_error(503))
+
+    with capture_logs() as logs, pytest.raises(CartesiaServerError):
+        _op(noretry_conn, recipients=_numbers(5001)).execute(_context(FakeTI(), run_after))
+
+    (part1,) = sim.batch_ids()
+    errors = [
+        str(e["event"]) % e.get("positional_args", ()) if e.get("positional_args") else str(e["event"])
+        for e in logs
+        if e["log_level"] == "error"
+    ]
+    assert any(
+        f"Of this campaign's 2 call batches, created: part 1 ({part1}); not created: part 2; a retry adopts" in e
+        for e in errors
+    ), logs
 
 
 def test_recipients_as_json_text_are_accepted(
@@ -720,6 +811,105 @@ def test_dag_test_cleared_run_reattaches_and_a_new_run_creates(
     assert new_run.run_id != first.run_id
     assert sim.batch_count() == 2 and new_run.xcom_pull(task_ids="create") == sim.batch_ids()[1]
     assert sim.count("POST", BATCHES) == 2
+
+
+def test_recipients_field_renders_on_the_executing_copy_only_and_keeps_its_upstream() -> None:
+    """Rendering fills the field of the copy that runs; the DAG's task keeps its template (for the next try)."""
+    from airflow.sdk import task
+
+    with DAG("cartesia_field", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+
+        @task
+        def upstream() -> list[dict[str, Any]]:
+            return RECIPIENTS
+
+        templated = CreateCallBatchOperator(
+            task_id="templated",
+            name="n",
+            agent_id=AGENT,
+            from_number_id="pn_1",
+            recipients=[{"to_number": "+14155550100", "metadata": {"day": "{{ ds }}"}}],
+        )
+        pulled = CreateCallBatchOperator(
+            task_id="pulled", name="n", agent_id=AGENT, from_number_id="pn_1", recipients=upstream()
+        )
+    assert pulled.upstream_task_ids == {"upstream"}  # the XComArg inside the field still orders the tasks
+    assert str(templated.recipients) == "<1 recipient(s); not shown: phone numbers and metadata are personal data>"
+
+    running = templated.prepare_for_execution()
+    running.render_template_fields({"ds": "2026-06-01"}, dag.get_template_env())  # type: ignore[arg-type]
+
+    assert running.recipients is not None and templated.recipients is not None
+    assert running.recipients.value == [{"to_number": "+14155550100", "metadata": {"day": "2026-06-01"}}]
+    assert templated.recipients.value == [{"to_number": "+14155550100", "metadata": {"day": "{{ ds }}"}}]
+
+
+def _stored_rendered_fields(dag_id: str) -> dict[int, dict[str, Any]]:
+    """Every row of Airflow's rendered_task_instance_fields table for ``dag_id``, by map index."""
+    from airflow.models.renderedtifields import RenderedTaskInstanceFields
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        rows = session.execute(
+            select(RenderedTaskInstanceFields.map_index, RenderedTaskInstanceFields.rendered_fields).where(
+                RenderedTaskInstanceFields.dag_id == dag_id, RenderedTaskInstanceFields.task_id == "create"
+            )
+        ).all()
+    return {map_index: fields for map_index, fields in rows}
+
+
+@pytest.mark.dagtest
+@pytest.mark.parametrize("source", ["expand a literal", "expand an XComArg", "partial an XComArg", "unmapped"])
+def test_dag_test_rendered_fields_hold_no_recipients(
+    source: str, airflow_db: None, cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator
+) -> None:
+    """Mapped tasks render through another path than unmapped ones: neither stores a number or metadata."""
+    from airflow.sdk import task
+
+    sim = cartesia_simulator
+    lists = [RECIPIENTS[:2], RECIPIENTS[2:]]
+    dag_id = f"cartesia_rendered_{source.replace(' ', '_').lower()}"
+    common = {"task_id": "create", "agent_id": AGENT, "from_number_id": "pn_1"}
+    with DAG(dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+
+        @task
+        def recipient_lists() -> list[list[dict[str, Any]]]:
+            return lists
+
+        @task
+        def one_list() -> list[dict[str, Any]]:
+            return RECIPIENTS
+
+        if source == "expand a literal":
+            CreateCallBatchOperator.partial(name="Spring", **common).expand(recipients=lists)
+        elif source == "expand an XComArg":
+            CreateCallBatchOperator.partial(name="Spring", **common).expand(recipients=recipient_lists())
+        elif source == "partial an XComArg":
+            CreateCallBatchOperator.partial(recipients=one_list(), **common).expand(name=["Spring", "Summer"])
+        else:
+            CreateCallBatchOperator(name="Spring", recipients=one_list(), **common)
+
+    dr = run_dag_test(dag, run_after=sim.clock.now() - timedelta(minutes=1))
+
+    assert {ti.task_id: str(ti.state) for ti in dr.get_task_instances() if ti.task_id == "create"} == {
+        "create": "success"
+    }
+    stored = _stored_rendered_fields(dag_id)
+    expected = [-1] if source == "unmapped" else [0, 1]
+    assert sorted(stored) == expected
+    counts = {
+        "expand a literal": ["2", "1"],
+        "expand an XComArg": ["2", "1"],
+        "partial an XComArg": ["3", "3"],
+        "unmapped": ["3"],
+    }[source]
+    for map_index, count in zip(expected, counts, strict=True):
+        assert stored[map_index]["recipients"] == (
+            f"<{count} recipient(s); not shown: phone numbers and metadata are personal data>"
+        )
+    _no_personal_data(stored)
+    assert sim.batch_count() == len(expected)  # the recipients still reached Cartesia
 
 
 @pytest.mark.dagtest

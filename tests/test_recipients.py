@@ -12,7 +12,7 @@ import pytest
 
 from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
 from airflow_provider_cartesia.recipients import (
-    MAX_METADATA_BYTES,
+    MAX_METADATA_DEPTH,
     InvalidRecipientsError,
     mask_number,
     recipients_from_rows,
@@ -21,10 +21,34 @@ from airflow_provider_cartesia.recipients import (
 )
 
 NUMBER = "+14155550100"
+ARABIC_INDIC_ZERO, FULLWIDTH_ZERO, DEVANAGARI_ZERO = 0x0660, 0xFF10, 0x0966
+
+
+def _digits(ascii_digits: str, zero: int) -> str:
+    """``ascii_digits`` written with another script's digits (what ``\\d`` and ``str.isdigit`` accept)."""
+    return ascii_digits.translate({ord("0") + i: chr(zero + i) for i in range(10)})
+
+
+ARABIC_INDIC = "+" + _digits(NUMBER[1:], ARABIC_INDIC_ZERO)
+FULLWIDTH = "+" + _digits(NUMBER[1:], FULLWIDTH_ZERO)
 
 
 def _r(number: str = NUMBER, **metadata: Any) -> dict[str, Any]:
     return {"to_number": number, "metadata": metadata} if metadata else {"to_number": number}
+
+
+def _nested(levels: int) -> Any:
+    """``levels`` lists inside each other, built without recursion (deep enough to break any encoder)."""
+    value: Any = "leaf"
+    for _ in range(levels):
+        value = [value]
+    return value
+
+
+def _circular() -> dict[str, Any]:
+    looped: dict[str, Any] = {"customer": "c1"}
+    looped["self"] = looped
+    return looped
 
 
 def test_the_batch_limit_is_the_apis() -> None:
@@ -71,9 +95,29 @@ def test_valid_recipients_come_back_as_the_api_takes_them() -> None:
         ({"to_number": "+14155550101", "metadata": {"at": datetime(2026, 1, 1)}}, "metadata is not JSON (a datetime)"),
         ({"to_number": "+14155550101", "metadata": {"x": float("nan")}}, "metadata is not JSON"),
         ({"to_number": "+14155550101", "metadata": {1: "a"}}, "metadata keys must be strings"),
+        ({"to_number": ARABIC_INDIC}, f"recipient #2: to_number is not E.164 ({ARABIC_INDIC[:4]}…)"),
+        ({"to_number": FULLWIDTH}, f"recipient #2: to_number is not E.164 ({FULLWIDTH[:4]}…)"),
+        ({"to_number": NUMBER[:8] + _digits("0100", DEVANAGARI_ZERO)}, "recipient #2: to_number is not E.164"),
+        ({"to_number": NUMBER + "\x00"}, "recipient #2: to_number is not E.164"),
         (
-            {"to_number": "+14155550101", "metadata": {"x": "é" * MAX_METADATA_BYTES}},
-            f"metadata is 8,200 bytes as JSON; at most {MAX_METADATA_BYTES:,} are allowed",
+            {"to_number": "+14155550101", "metadata": {"note": "a\x00b"}},
+            "recipient #2: a metadata text value holds a NUL character (\\u0000); remove it",
+        ),
+        (
+            {"to_number": "+14155550101", "metadata": {"deep": [{"k\x00": 1}]}},
+            "recipient #2: a metadata key holds a NUL character (\\u0000); remove it",
+        ),
+        (
+            {"to_number": "+14155550101", "metadata": {"x": _nested(MAX_METADATA_DEPTH)}},
+            f"recipient #2: metadata is nested more than {MAX_METADATA_DEPTH} levels deep (or contains itself)",
+        ),
+        (
+            {"to_number": "+14155550101", "metadata": {"x": _nested(100_000)}},
+            f"recipient #2: metadata is nested more than {MAX_METADATA_DEPTH} levels deep",
+        ),
+        (
+            {"to_number": "+14155550101", "metadata": _circular()},
+            "recipient #2: metadata is nested more than",
         ),
         (_r(NUMBER), "recipient #2: to_number repeats recipient #1 (+141…); set allow_duplicate_numbers=True"),
     ],
@@ -86,6 +130,36 @@ def test_an_invalid_recipient_is_named_by_position_never_by_number(item: Any, ex
     assert message.startswith("Invalid recipients (of 3 recipients): recipient #2")
     for number in ("14155550100", "4155550100", "14155550101", "415555010012345"):
         assert number not in message
+
+
+def test_metadata_nested_to_the_limit_and_of_any_size_is_sent() -> None:
+    """No size limit: Cartesia documents none (its own 400 decides); the depth bound is inclusive."""
+    deepest = {"x": _nested(MAX_METADATA_DEPTH - 1)}  # the object, then 99 lists: 100 levels
+    big = {"notes": "é" * 100_000}
+    items = [_r(), {"to_number": "+14155550101", "metadata": deepest}, {"to_number": "+14155550102", "metadata": big}]
+    assert validate_recipients(items) == items
+
+
+def test_a_non_ascii_spelling_of_a_number_is_not_a_second_recipient() -> None:
+    """E.164 is ASCII digits: the Arabic-Indic and fullwidth spellings of one number are refused, not deduplicated
+    as three people."""
+    with pytest.raises(InvalidRecipientsError) as info:
+        validate_recipients([_r(), _r(ARABIC_INDIC), _r(FULLWIDTH)])
+    rule = "+ and a country code, 2 to 15 ASCII digits (0-9), no spaces"
+    assert info.value.problems == [
+        f"recipient #2: to_number is not E.164 ({ARABIC_INDIC[:4]}…): {rule}",
+        f"recipient #3: to_number is not E.164 ({FULLWIDTH[:4]}…): {rule}",
+    ]
+
+
+def test_deeply_nested_metadata_text_from_sql_is_refused_clearly() -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(
+        InvalidRecipientsError,
+        match=r"recipient #1 \(row 1 of the query\): the metadata column is "
+        "nested too deeply to read as JSON",
+    ):
+        recipients_from_rows(["to_number", "metadata"], [(NUMBER, '{"x": ' + deep + "}")])
 
 
 def test_duplicates_are_allowed_when_asked() -> None:

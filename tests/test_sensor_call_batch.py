@@ -20,7 +20,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, T
 
 from airflow_provider_cartesia.models import CallBatch
 from airflow_provider_cartesia.sensors.call_batch import CallBatchSensor
-from airflow_provider_cartesia.testing import CartesiaSimulator, Fault, SimClock
+from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
 from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 from airflow_provider_cartesia.waiting import CallBatchWaitError
 from tests.helpers import cartesia_connection_json, run_dag_test
@@ -200,10 +200,16 @@ def test_deferrable_pokes_once_then_defers_with_an_absolute_deadline(
 
 @pytest.mark.parametrize("mode", list(MODES))
 def test_scheduled_batch_is_not_polled_before_shortly_before_scheduled_at(
-    mode: str, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
+    mode: str, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Poke mode sleeps, reschedule mode is rescheduled, the trigger starts, min(poke_interval, 60 s) before."""
+    """Poke mode sleeps, reschedule mode is rescheduled, the trigger starts, min(poke_interval, 60 s) before.
+
+    The sensor reads one frozen ``time.time()``, so the expected instant is exact on a busy machine.
+    """
     import time
+    import types
+
+    from airflow_provider_cartesia.sensors import call_batch as sensor_module
 
     scheduled_at = datetime.now(timezone.utc) + timedelta(hours=2)
     batch_id = cartesia_simulator.seed_batch(recipients=2, scheduled_at=scheduled_at)
@@ -215,10 +221,11 @@ def test_scheduled_batch_is_not_polled_before_shortly_before_scheduled_at(
     else:
         done = sensor.poke(_fake_context())
         assert not done
-        started = time.monotonic()
-        next_poll = time.time() + sensor._get_next_poke_interval(started, lambda: time.monotonic() - started, 1)
+        frozen = time.time()
+        monkeypatch.setattr(sensor_module, "time", types.SimpleNamespace(time=lambda: frozen, sleep=time.sleep))
+        next_poll = frozen + sensor._get_next_poke_interval(0.0, lambda: 0.0, 1)
     assert cartesia_simulator.count("GET", _path(batch_id)) == 1
-    assert next_poll == pytest.approx(scheduled_at.timestamp() - 60, abs=2)
+    assert next_poll == pytest.approx(scheduled_at.timestamp() - 60, abs=1e-3)
 
 
 def test_scheduled_wait_is_capped_at_the_timeout(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str) -> None:
@@ -233,20 +240,40 @@ def test_scheduled_wait_is_capped_at_the_timeout(cartesia_simulator: CartesiaSim
 def test_poke_mode_request_log_one_poll_per_interval_none_before_scheduled_at(
     airflow_db: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Real time (a simulator whose clock follows the wall clock): the request log shows the cadence.
+    """The request log shows the cadence, on the simulator's clock: the sensor's sleeps advance it.
 
-    An upstream task seeds the batch, scheduled 1.5 s ahead, and the sensor's templated ``batch_id``
-    pulls its id from XCom.
+    Airflow's poke loop and the sensor read time (``time.sleep``/``monotonic``/``time``) from the
+    simulator's clock, so the timestamps are exact however busy the machine is. An upstream task
+    seeds the batch, scheduled 1.5 s ahead, and the sensor's templated ``batch_id`` pulls its id
+    from XCom.
     """
-    from airflow.sdk import task
+    import types
 
-    with CartesiaSimulator(clock=SimClock.real(start=datetime.now(timezone.utc))) as sim:
-        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_REALTIME", cartesia_connection_json(sim))
+    from airflow.sdk import task
+    from airflow.sdk.bases import sensor as base_sensor
+
+    from airflow_provider_cartesia.sensors import call_batch as sensor_module
+
+    with CartesiaSimulator() as sim:
+        monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_SIMCLOCK", cartesia_connection_json(sim))
+        slept: list[float] = []
+
+        def sleep(seconds: float) -> None:
+            slept.append(seconds)
+            sim.clock.advance(seconds)
+
+        def sim_time() -> float:
+            return sim.clock.now().timestamp()
+
+        sim_clock_time = types.SimpleNamespace(sleep=sleep, monotonic=sim_time, time=sim_time)
+        monkeypatch.setattr(base_sensor, "time", sim_clock_time)
+        monkeypatch.setattr(sensor_module, "time", sim_clock_time)
         scheduled: dict[str, datetime] = {}
 
         @task
         def seed() -> str:
-            scheduled["at"] = sim.clock.now() + timedelta(seconds=1.5)
+            scheduled["seeded"] = sim.clock.now()
+            scheduled["at"] = scheduled["seeded"] + timedelta(seconds=1.5)
             return sim.seed_batch(
                 recipients=1, scheduled_at=scheduled["at"], dispatch_interval=0.2, outcomes={"dial_failed": 1.0}
             )
@@ -255,7 +282,7 @@ def test_poke_mode_request_log_one_poll_per_interval_none_before_scheduled_at(
             seed() >> CallBatchSensor(
                 task_id="wait",
                 batch_id="{{ ti.xcom_pull(task_ids='seed') }}",
-                cartesia_conn_id="cartesia_realtime",
+                cartesia_conn_id="cartesia_simclock",
                 poke_interval=0.2,
             )
         dr = run_dag_test(dag)
@@ -264,12 +291,14 @@ def test_poke_mode_request_log_one_poll_per_interval_none_before_scheduled_at(
         batch_id = sim.batch_ids()[0]
         polls = [r.at for r in sim.requests if r.path == _path(batch_id)]
     wake = scheduled["at"] - timedelta(seconds=0.2)  # min(poke_interval, 60 s) ahead of scheduled_at
-    # The first poll, then nothing until shortly before scheduled_at...
-    assert polls[0] < wake - timedelta(seconds=0.5), polls
-    assert wake - timedelta(seconds=0.05) <= polls[1] < scheduled["at"], polls
-    # ...then one poll per poke interval (plus the time a poll takes), until the call ended.
+    # The first poll at once, then one sleep to shortly before scheduled_at and nothing in between...
+    assert polls[0] == scheduled["seeded"], polls
+    assert slept[0] == pytest.approx(1.3), slept
+    assert (polls[1] - wake).total_seconds() == pytest.approx(0, abs=1e-6), polls
+    # ...then one poll per poke interval, until the call ended.
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(polls[1:])]
-    assert gaps and all(0.19 <= gap < 0.6 for gap in gaps), gaps
+    assert gaps and all(gap == pytest.approx(0.2, abs=1e-6) for gap in gaps), gaps
+    assert len(polls) == len(slept) + 1
 
 
 def test_execute_complete_fails_closed_and_ends_like_a_poke(cartesia_conn_id: str) -> None:

@@ -829,14 +829,14 @@ def test_reset_cuts_a_delayed_request_short_so_it_never_lands_in_the_next_test(s
             outcome.append(exc)
 
     thread = threading.Thread(target=create)
-    started = time.monotonic()
     thread.start()
-    while sim.count("POST", BATCHES) == 0:  # wait for arrival (no sleep: the request is in flight)
-        assert time.monotonic() - started < 5
+    while sim.count("POST", BATCHES) == 0 and thread.is_alive():  # wait for arrival (no sleep)
+        pass
     sim.reset()
-    thread.join(timeout=5)
-    assert time.monotonic() - started < 5, "the 30 s delay was cut short"
-    assert isinstance(outcome[0], requests.ConnectionError)
+    thread.join()
+    # Cut short: the connection was closed. Not cut short, the client's 10 s read timeout would end it.
+    assert isinstance(outcome[0], requests.ConnectionError), outcome
+    assert not isinstance(outcome[0], requests.Timeout), "the 30 s delay was not cut short"
     assert sim.batch_count() == 0
 
 
@@ -854,25 +854,35 @@ def test_fault_constructor_refuses_contradictions():
 
 
 def test_latency_delays_every_response_without_blocking_others(sim: CartesiaSimulator):
+    """Latency is a lower bound on every response; a request held in the server blocks no other one.
+
+    No upper bound on time: a request is held (a 30 s delay) until another completes beside it.
+    """
     sim.latency = 0.3
     headers = {"Authorization": f"Bearer {sim.api_key}", "Cartesia-Version": VERSION}
-    durations: list[float] = []
-
-    def fetch() -> None:
-        t = time.monotonic()
-        requests.get(sim.url + BATCHES, headers=headers, timeout=5).raise_for_status()
-        durations.append(time.monotonic() - t)
-
     started = time.monotonic()
-    threads = [threading.Thread(target=fetch) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    total = time.monotonic() - started
-    assert len(durations) == 4
-    assert min(durations) >= 0.3
-    assert total < 0.3 * 2, f"four concurrent requests took {total:.2f} s: latency must not serialise"
+    requests.get(sim.url + BATCHES, headers=headers, timeout=5).raise_for_status()
+    assert time.monotonic() - started >= 0.3
+
+    sim.latency = 0.0
+    sim.inject("POST", BATCHES, Fault(delay=30.0))
+    held: list[BaseException | int] = []
+
+    def create() -> None:
+        try:
+            held.append(Client(sim).post(BATCHES, json=batch_body(1), timeout=60).status_code)
+        except requests.RequestException as exc:
+            held.append(exc)
+
+    thread = threading.Thread(target=create)
+    thread.start()
+    while sim.count("POST", BATCHES) == 0 and thread.is_alive():  # wait for arrival (no sleep)
+        pass
+    for _ in range(4):  # served while the POST is still held in the server
+        requests.get(sim.url + BATCHES, headers=headers, timeout=5).raise_for_status()
+    assert thread.is_alive() and held == [], "the held request ended before the others were served"
+    sim.reset()  # cuts the held request short
+    thread.join()
 
 
 # -- request log, reset, clock --------------------------------------------------------------------------
@@ -1045,17 +1055,15 @@ def test_cartesia_connection_fixture_points_airflow_at_the_simulator_for_one_tes
     result.assert_outcomes(passed=2)
 
 
-def test_big_batch_of_5000_recipients_is_fast(sim: CartesiaSimulator, client: Client):
+def test_big_batch_of_5000_recipients(sim: CartesiaSimulator, client: Client):
+    """How fast it is served is measured in benchmarks (docs/benchmarks.md), not asserted here."""
     created = client.post(BATCHES, json=batch_body(5000))
     assert created.status_code == 201
     assert_error(client.post(BATCHES, json=batch_body(5001)), 400)
     sim.clock.advance(2500)
-    started = time.monotonic()
     body = client.batch(created.json()["id"])
-    elapsed = time.monotonic() - started
     assert len(body["recipients"]) == 5000
     assert body["status"] == "in_progress"
-    assert elapsed < 2.0, f"GET of a 5,000-recipient batch took {elapsed:.2f} s"
 
 
 # -- CLI --------------------------------------------------------------------------------------------
@@ -1145,3 +1153,12 @@ def test_cli_help_explains_every_scenario():
         cwd=REPO_ROOT, capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
+
+
+@pytest.mark.parametrize("zero", [0x0660, 0xFF10, 0x0966], ids=["arabic-indic", "fullwidth", "devanagari"])
+def test_create_rejects_a_number_written_with_non_ascii_digits(client: Client, zero: int):
+    """E.164 is ASCII digits; ``\\d`` would accept any script's digits (one person, several spellings)."""
+    number = "+1" + "".join(chr(zero + int(d)) for d in "4155550000")
+    error = assert_error(client.post(BATCHES, json=_mutate(recipients=_recipients({"to_number": number}))), 400)
+    assert "E.164" in error["message"]
+    assert client.sim.batch_count() == 0

@@ -365,77 +365,121 @@ def test_unknown_status_keeps_waiting_and_is_warned_about_once(
     assert not any("+1415" in text or sim.api_key in text for _, text in lines)
 
 
-class BlockingHookTrigger(CallBatchTrigger):
-    """The anchors' pattern, for contrast: the blocking sync hook called inside ``run()``."""
+BLOCKING_SOCKET_METHODS = (
+    "accept",
+    "connect",
+    "connect_ex",
+    "recv",
+    "recv_into",
+    "recvfrom",
+    "send",
+    "sendall",
+    "sendto",
+)
 
-    async def _fetch(self, hook: CartesiaHook) -> Any:
-        return hook.get_call_batch(self.batch_id)
+
+def forbid_blocking_calls_on_the_loop(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Booby-trap what blocks a thread: each call made on a thread that runs an event loop is recorded.
+
+    Blocking socket I/O (a socket in blocking mode: asyncio's own sockets are non-blocking), name
+    lookups, ``time.sleep``, ``requests`` and Airflow's sync connection lookup. Other threads (the
+    simulator's, an executor's) may block; the loop's thread may not. No clock is read: the verdict
+    does not depend on how busy the machine is.
+    """
+    import socket
+
+    import requests
+
+    caught: list[str] = []
+
+    def on_loop_thread() -> bool:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return False
+        return True
+
+    def trap(name: str, original: Any, blocking: Any = None) -> Any:
+        def guarded(*args: Any, **kwargs: Any) -> Any:
+            if on_loop_thread() and (blocking is None or blocking(*args)):
+                caught.append(name)
+                raise AssertionError(f"{name} called on the event loop's thread")
+            return original(*args, **kwargs)
+
+        return guarded
+
+    for method in BLOCKING_SOCKET_METHODS:
+        original = getattr(socket.socket, method)
+        monkeypatch.setattr(
+            socket.socket, method, trap(f"socket.{method}", original, lambda sock, *_: sock.getblocking())
+        )
+    for name in ("getaddrinfo", "gethostbyname", "create_connection"):
+        monkeypatch.setattr(socket, name, trap(f"socket.{name}", getattr(socket, name)))
+    monkeypatch.setattr(time, "sleep", trap("time.sleep", time.sleep))
+    monkeypatch.setattr(requests.Session, "send", trap("requests", requests.Session.send))
+    lookup = CartesiaHook.get_connection.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(CartesiaHook, "get_connection", classmethod(trap("CartesiaHook.get_connection", lookup)))
+    return caught
 
 
-def longest_stall(triggers: list[CallBatchTrigger]) -> tuple[list[str], float]:
-    """Run the triggers to their first event next to a 10 ms heartbeat; the longest gap between beats."""
-    beats: list[float] = []
-
-    async def heartbeat() -> None:
-        while True:
-            beats.append(time.monotonic())
-            await asyncio.sleep(0.01)
+def run_together(triggers: list[CallBatchTrigger]) -> list[str]:
+    """Run the triggers concurrently on one loop to their first event; their statuses."""
 
     async def all_events() -> list[TriggerEvent]:
-        beating = asyncio.create_task(heartbeat())
-        beats.append(time.monotonic())
-        try:
-            return await asyncio.gather(*(anext(t.run()) for t in triggers))
-        finally:
-            beats.append(time.monotonic())
-            beating.cancel()
+        return await asyncio.gather(*(anext(t.run()) for t in triggers))
 
-    events = asyncio.run(all_events())
-    return [e.payload["status"] for e in events], max(b - a for a, b in itertools.pairwise(beats))
+    return [e.payload["status"] for e in asyncio.run(all_events())]
 
 
 def test_run_never_blocks_the_event_loop(
     cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Twenty triggers, 0.2 s per response, and a heartbeat on the same loop that never misses a beat.
+    """Twenty triggers on one loop make no blocking call on the loop's thread (no clock involved).
 
-    The sync paths are booby-trapped: the connection must come from Airflow's async API and the
-    batch from the async hook.
+    The connection must come from Airflow's async API and the batch from the async hook; blocking
+    sockets, DNS, ``time.sleep`` and ``requests`` are booby-trapped on the loop's thread.
     """
     sim = cartesia_simulator
-    sim.latency = 0.2
+    sim.latency = 0.05
     ids = [sim.seed_batch(recipients=1, call_seconds=(5.0, 5.0), outcomes=COMPLETED) for _ in range(20)]
     sim.clock.advance(3600)
+    caught = forbid_blocking_calls_on_the_loop(monkeypatch)
 
-    def forbidden(*args: object, **kwargs: object) -> None:
-        raise AssertionError("a blocking call inside CallBatchTrigger.run()")
+    statuses = run_together([CallBatchTrigger(batch_id=i, poll_interval=1) for i in ids])
 
-    monkeypatch.setattr(CartesiaHook, "get_connection", forbidden)
-    monkeypatch.setattr(CartesiaHook, "get_call_batch", forbidden)
-    monkeypatch.setattr(CartesiaHook, "get_call_batch_statuses", forbidden)
-    monkeypatch.setattr(CartesiaHook, "list_call_batch_page", forbidden)
-
-    statuses, stall = longest_stall([CallBatchTrigger(batch_id=i, poll_interval=1) for i in ids])
-
+    assert caught == []
     assert statuses == ["success"] * 20
-    assert stall < 0.1, f"the event loop stalled for {stall:.3f} s"
+    assert sim.count("GET") >= 20
 
 
-def test_the_heartbeat_catches_a_blocking_trigger(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str) -> None:
-    """The control for the test above: the anchors' pattern stalls the loop for a whole response."""
+BLOCKING_FETCHES = {
+    "the sync hook": lambda trigger, hook, sim: hook.get_call_batch(trigger.batch_id),
+    "a sync request": lambda trigger, hook, sim: __import__("requests").get(sim.url, timeout=5),
+    "a raw blocking socket": lambda trigger, hook, sim: __import__("socket").create_connection(
+        tuple(sim.url.split("//")[1].split(":"))
+    ),
+    "time.sleep": lambda trigger, hook, sim: time.sleep(0),
+}
+
+
+@pytest.mark.parametrize("blocking", list(BLOCKING_FETCHES))
+def test_the_trap_catches_a_blocking_trigger(
+    blocking: str, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The control for the test above: each kind of blocking call inside ``run()`` is caught."""
     sim = cartesia_simulator
-    sim.latency = 0.2
     ids = [sim.seed_batch(recipients=1, call_seconds=(5.0, 5.0), outcomes=COMPLETED) for _ in range(3)]
     sim.clock.advance(3600)
+    fetch = BLOCKING_FETCHES[blocking]
 
-    statuses, stall = longest_stall([BlockingHookTrigger(batch_id=i, poll_interval=1) for i in ids])
+    class Blocking(CallBatchTrigger):
+        async def _fetch(self, hook: CartesiaHook) -> Any:
+            fetch(self, hook, sim)
+            return await super()._fetch(hook)
 
-    assert statuses == ["success"] * 3
-    assert stall >= 0.2
+    caught = forbid_blocking_calls_on_the_loop(monkeypatch)
 
+    with pytest.raises(AssertionError, match="called on the event loop's thread"):
+        run_together([Blocking(batch_id=i, poll_interval=1) for i in ids])
 
-def test_invalid_settings_are_refused() -> None:
-    with pytest.raises(ValueError, match="poll_interval"):
-        CallBatchTrigger(batch_id="acb_1", poll_interval=0)
-    with pytest.raises(ValueError, match="wait_for"):
-        CallBatchTrigger(batch_id="acb_1", wait_for="ringing")  # type: ignore[arg-type]
+    assert caught

@@ -49,7 +49,6 @@ GATEWAY_STATUSES = frozenset({502, 504})
 """Create answers from a proxy that may have forwarded the request: the outcome is unknown."""
 DEFAULT_POKE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
-_RECIPIENTS_ATTR = "_cartesia_rendered_recipients"
 VERIFY_DELAY = 5.0
 """Seconds between the two looks for a batch whose create got no usable answer."""
 
@@ -105,6 +104,28 @@ def _fail(message: str, exc: BaseException | None = None) -> NoReturn:
     raise AirflowFailException(message) from exc
 
 
+class RecipientsField:
+    """The ``recipients`` template field: rendered like any template, stored and shown as a count.
+
+    Airflow stores every rendered template field in its metadata database and shows it in the UI,
+    as ``str()`` for an object that is not JSON. Airflow renders this object's ``value`` in place as
+    a nested template field, in mapped and unmapped tasks alike, so the phone numbers and metadata
+    stay on the task object and never reach the table.
+    """
+
+    template_fields: Sequence[str] = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __str__(self) -> str:
+        value = self.value
+        count = f"{len(value):,} recipient(s)" if isinstance(value, (list, tuple)) else f"a {type(value).__name__}"
+        return f"<{count}; not shown: phone numbers and metadata are personal data>"
+
+    __repr__ = __str__
+
+
 class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     """Create a Cartesia call batch (a campaign of outbound calls), at most once per task instance.
 
@@ -125,10 +146,11 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     {...}}`` (templated; an XComArg such as ``task.output``, or JSON text), or ``recipients_sql`` run on
     ``warehouse_conn_id`` (any common-sql connection), returning a ``to_number`` column and optionally
     a ``metadata`` column (a JSON object) and other columns (each becomes a metadata key). Everything
-    is validated before the first request: E.164 numbers, metadata a JSON object of at most 4 KiB, no
-    number twice, the option ranges of the API. Errors name rows by position (``recipient #17``) and
-    show at most 4 characters of a number; numbers and metadata never reach logs, XCom or the task's
-    rendered-template view (which shows a count).
+    is validated before the first request: E.164 numbers (ASCII digits), metadata a JSON object (no
+    NUL, at most 100 levels deep; no size limit: Cartesia's own 400 is turned into an error naming the
+    recipient), no number twice, the option ranges of the API. Errors name rows by position
+    (``recipient #17``) and show at most 4 characters of a number; numbers and metadata never reach
+    logs, XCom or the rendered-template view of a mapped or unmapped task (which shows a count).
 
     **More than 5,000 recipients** (the API's maximum) become several batches of balanced size, in
     order, named ``<name> (1/3) [af:…]``, ``<name> (2/3) [af:…]``, ...; a retry creates only the
@@ -231,7 +253,11 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         self.name = name
         self.agent_id = agent_id
         self.from_number_id = from_number_id
-        self.recipients = recipients
+        self.recipients = RecipientsField(recipients) if recipients is not None else None
+        if recipients is not None:
+            from airflow.sdk import XComArg
+
+            XComArg.apply_upstream_relationship(self, recipients)  # Airflow does not look inside the field
         self.recipients_sql = recipients_sql
         self.warehouse_conn_id = warehouse_conn_id
         self.recipients_sql_parameters = recipients_sql_parameters
@@ -260,25 +286,16 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
 
     # -- execute ------------------------------------------------------------------------------
 
-    def render_template_fields(self, context: Context, jinja_env: Any = None) -> None:
-        """Render as usual, then keep the recipients out of Airflow's rendered-fields table.
-
-        Airflow stores every rendered template field in its metadata database and shows it in the
-        UI ("Rendered Template"). Recipients are personal data: the field shows a count instead,
-        and the list itself stays on this task object only.
-        """
-        super().render_template_fields(context, jinja_env)
-        value = self.recipients
-        if value is None:
-            return
-        if not isinstance(value, (str, Mapping)) and isinstance(value, Iterable):
-            value = list(value)
-        self.__dict__[_RECIPIENTS_ATTR] = value
-        count = f"{len(value):,} recipient(s)" if isinstance(value, list) else f"a {type(value).__name__}"
-        self.recipients = f"<{count}; not shown: phone numbers and metadata are personal data>"
+    def prepare_for_execution(self) -> CreateCallBatchOperator:
+        """A copy to run, with a recipients field of its own: rendering fills the field in place."""
+        other = super().prepare_for_execution()
+        if self.recipients is not None:
+            other.recipients = RecipientsField(self.recipients.value)
+        return other
 
     def execute(self, context: Context) -> str | list[str]:
         from airflow_provider_cartesia.idempotency import (
+            parts_report,
             recipients_fingerprint,
             scan_not_before,
             task_instance_key,
@@ -291,7 +308,14 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             scheduled_at = parse_scheduled_at(self.scheduled_at)
         except ValueError as exc:
             _fail(str(exc), exc)
-        recipients = self._recipients()
+        ti = context["ti"]
+        key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+        dag_run = context.get("dag_run")
+        not_before = scan_not_before(getattr(dag_run, "run_after", None))
+        try:
+            recipients = self._recipients()
+        except AirflowFailException as exc:
+            raise AirflowFailException(f"{exc}. {self._what_exists(ti, key, not_before)}") from exc
         parts = split_recipients(recipients)
         sizes = ", ".join(f"{len(p):,}" for p in parts)
         self.log.info(
@@ -299,11 +323,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             f"{len(recipients):,}",
             f"{len(parts)} batches of {sizes}" if len(parts) > 1 else "one batch",
         )
-        ti = context["ti"]
-        key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
         fingerprint = recipients_fingerprint(recipients)
-        dag_run = context.get("dag_run")
-        not_before = scan_not_before(getattr(dag_run, "run_after", None))
         problem = schedule_problem(scheduled_at, datetime.now(timezone.utc))
         if problem and (ti.try_number or 1) <= 1:
             # A first try fails before sending anything. (Were this run deleted and recreated under the
@@ -316,9 +336,19 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         batches = dict(plan.adopt)
         self._batch_ids = [b.id for _, b in sorted(batches.items())]
         for part in plan.create:
-            batches[part] = self._create_part(
-                part, plan.parts, parts[part - 1], key, fingerprint, not_before, scheduled_at
-            )
+            first = 1 + sum(len(p) for p in parts[: part - 1])
+            try:
+                batches[part] = self._create_part(
+                    part, plan.parts, parts[part - 1], first, key, fingerprint, not_before, scheduled_at
+                )
+            except Exception as exc:
+                if plan.parts == 1:
+                    raise
+                report = parts_report({p: b.id for p, b in batches.items()}, plan.parts)
+                if isinstance(exc, AirflowFailException):
+                    raise AirflowFailException(f"{exc}. {report}") from exc
+                self.log.error("%s; a retry adopts the created parts and creates the others", report)
+                raise
             self._batch_ids = [b.id for _, b in sorted(batches.items())]
 
         ids = [batches[p].id for p in range(1, plan.parts + 1)]
@@ -348,10 +378,12 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
                 _fail(f"recipients_sql: {exc}", exc)
             source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
         else:
-            items = self.__dict__.get(_RECIPIENTS_ATTR, self.recipients)
+            items = self.recipients.value if self.recipients is not None else None
             if isinstance(items, str):
                 try:
                     items = json.loads(items)
+                except RecursionError:
+                    _fail("recipients rendered to JSON text nested too deeply to read; flatten the metadata")
                 except ValueError:
                     _fail(
                         "recipients rendered to text that is not JSON; pass an XComArg (task.output) or a list, "
@@ -368,7 +400,22 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         except InvalidRecipientsError as exc:
             _fail(f"{source}: {exc}", exc)
 
-    def _scan(self, key: str, not_before: datetime | None, until: tuple[int, str, Collection[int]]) -> Any:
+    def _what_exists(self, ti: Any, key: str, not_before: datetime | None) -> str:
+        """For a failure before any create: nothing was sent, or what earlier tries of this task created."""
+        from airflow_provider_cartesia.exceptions import CartesiaError
+
+        if (ti.try_number or 1) <= 1:
+            return "No call batch was created"
+        try:
+            found = self._scan(key, not_before, None).found
+        except CartesiaError as exc:
+            return f"This try created no call batch; whether earlier tries did is unknown (listing failed: {exc})"
+        if not found:
+            return "No call batch was created, by this try or an earlier one"
+        ids = ", ".join(f"{t.batch.id} (part {t.part} of {t.parts})" for t in sorted(found, key=lambda t: t.part))
+        return f"This try created no call batch; earlier tries of this task created: {ids}"
+
+    def _scan(self, key: str, not_before: datetime | None, until: tuple[int, str, Collection[int]] | None) -> Any:
         from airflow_provider_cartesia.idempotency import scan_for_tagged
 
         result = scan_for_tagged(
@@ -402,12 +449,14 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         part: int,
         parts: int,
         recipients: list[dict[str, Any]],
+        first: int,
         key: str,
         fingerprint: str,
         not_before: datetime | None,
         scheduled_at: datetime | None,
     ) -> CallBatch:
-        """Create one part; when its outcome is unknown, find it rather than send it again."""
+        """Create one part (its recipients are #``first``... of the list); when its outcome is unknown,
+        find it rather than send it again."""
         from airflow_provider_cartesia.exceptions import (
             CartesiaCreateOutcomeUnknownError,
             CartesiaError,
@@ -415,6 +464,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             CartesiaServerError,
         )
         from airflow_provider_cartesia.idempotency import part_name
+        from airflow_provider_cartesia.recipients import mask_number, refused_recipient
 
         name = part_name(self.name, key, fingerprint, part, parts)
         options = {
@@ -434,6 +484,10 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
                 return self._recover(name, part, parts, key, fingerprint, not_before, exc)
             raise  # Cartesia answered that it could not create the batch: a retry looks first, then creates
         except CartesiaError as exc:
+            refused = refused_recipient(exc, len(recipients))
+            if refused is not None:
+                number = mask_number(recipients[refused]["to_number"])
+                _fail(f"Cartesia refused recipient #{first + refused} ({number}) of call batch {name!r}: {exc}", exc)
             if is_fatal(exc):
                 _fail(f"Cartesia refused to create call batch {name!r}: {exc}", exc)
             raise

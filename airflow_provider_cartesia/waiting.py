@@ -38,8 +38,7 @@ from datetime import timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout
-
+from airflow_provider_cartesia.compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_cartesia.exceptions import (
     CartesiaAPIError,
     CartesiaAuthError,

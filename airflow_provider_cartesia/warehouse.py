@@ -195,7 +195,8 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
     not installed.
     """
     from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import BaseHook
+
+    from airflow_provider_cartesia.compat import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
     if conn.conn_type == "sqlite" and not _sqlite_provider_installed():

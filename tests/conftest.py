@@ -24,10 +24,15 @@ os.environ.pop("AIRFLOW_CONN_CARTESIA_DEFAULT", None)
 
 import pytest  # noqa: E402
 
+import airflow_provider_cartesia  # noqa: E402
 from airflow_provider_cartesia.testing import CartesiaSimulator  # noqa: E402
-from tests.helpers import SleepRecorder, cartesia_connection_json  # noqa: E402
+from tests.helpers import SleepRecorder, cartesia_connection_json, mysql_connect  # noqa: E402
 
 pytest_plugins = ["airflow_provider_cartesia.testing.pytest_plugin"]
+
+# `make compat` tests the installed wheel: the package must not come from a source tree beside tests/.
+if os.environ.get("CARTESIA_TEST_INSTALLED") and REPO_ROOT in Path(airflow_provider_cartesia.__file__).parents:
+    raise RuntimeError(f"testing {airflow_provider_cartesia.__file__}, not the installed wheel")
 
 REQUIRE_SERVERS = os.environ.get("CARTESIA_REQUIRE_SERVERS", "") not in ("", "0", "false")
 POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -81,9 +86,7 @@ def postgres_uri() -> str:
 def mysql_uri() -> str:
     """URI of the local MariaDB/MySQL test database; skips (or fails in CI) when it is not reachable."""
     try:
-        import MySQLdb
-
-        MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", db="test", connect_timeout=3).close()
+        mysql_connect(MYSQL_URI, connect_timeout=3).close()
     except Exception as exc:
         _server_unreachable("MariaDB", f"{MYSQL_URI}: {type(exc).__name__}: {exc}".strip())
     return MYSQL_URI

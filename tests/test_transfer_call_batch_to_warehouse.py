@@ -70,7 +70,7 @@ def test_a_templated_table_is_checked_when_rendered(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "w.db")}))
     op = CallBatchToWarehouseOperator(task_id="t", warehouse_conn_id="warehouse", table="{{ params.t }}", batch_id="a")
     op.table = "t; DROP TABLE x"  # what a hostile template would render to
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="not a valid name"):
         op.execute({})
@@ -331,7 +331,7 @@ def test_add_missing_columns_widens_an_earlier_table(
 ) -> None:
     batch_id = quick(cartesia_simulator)
     operator(engine, batch_id=batch_id).execute({})
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="call_status"):
         operator(engine, batch_id=batch_id, include_calls=True).execute({})
@@ -347,7 +347,7 @@ def test_add_missing_columns_widens_an_earlier_table(
 def test_unknown_batch_fails_at_once_and_writes_nothing(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="404"):
         operator(engine, batch_id="acb_missing").execute({})
@@ -361,7 +361,7 @@ def test_unknown_batch_fails_at_once_and_writes_nothing(
 def test_ids_that_render_to_none_fail_instead_of_exporting_the_window(
     field: str, engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     operator(engine, batch_id=quick(cartesia_simulator)).execute({})
     quick(cartesia_simulator)  # a second batch, updated inside the window
@@ -404,7 +404,7 @@ def test_an_answer_without_recipients_never_erases_the_rows(
 def test_a_zero_length_interval_continues_from_the_last_successful_run(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     sim = cartesia_simulator
     t = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)

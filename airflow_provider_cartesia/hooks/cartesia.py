@@ -19,8 +19,6 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_cartesia.api import (
     ApiSettings,
     api_path,
@@ -28,6 +26,7 @@ from airflow_provider_cartesia.api import (
     parse_model,
     settings_from_connection,
 )
+from airflow_provider_cartesia.compat import BaseHook
 from airflow_provider_cartesia.exceptions import (
     CartesiaAuthError,
     CartesiaBadRequestError,

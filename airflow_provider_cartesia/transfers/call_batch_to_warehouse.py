@@ -17,9 +17,9 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_cartesia.api import cyclic_gc_paused
+from airflow_provider_cartesia.compat import AirflowFailException
 from airflow_provider_cartesia.exceptions import (
     CartesiaAuthError,
     CartesiaBadRequestError,
@@ -383,7 +383,7 @@ class CallBatchToWarehouseOperator(BaseOperator):
         """``(namespace, name)`` of each exported batch and of the table, in OpenLineage's naming."""
         from urllib.parse import urlsplit
 
-        from airflow.sdk import BaseHook
+        from airflow_provider_cartesia.compat import BaseHook
 
         api = urlsplit(self.hook.settings.base_url)
         inputs = [(f"cartesia://{api.netloc}", f"agents/calls/batches/{b}") for b in self._exported]

@@ -1,0 +1,86 @@
+"""What older Airflow 3 releases lack, in one place.
+
+The provider is written for the newest Airflow; this module hands the rest of the package the same
+names on every supported release (3.0 to 3.3), so no other module imports by release:
+
+============================  ===========================  ==============================
+name                          3.2 and later                before 3.2
+============================  ===========================  ==============================
+``BaseHook``                  ``airflow.sdk``              ``airflow.sdk`` from 3.1;
+                                                           ``airflow.hooks.base`` on 3.0,
+                                                           with ``aget_connection`` added
+``conf``                      ``airflow.sdk``              ``airflow.configuration``
+``AirflowException`` and the  ``airflow.sdk.exceptions``   ``airflow.exceptions`` (the
+fail/skip/timeout exceptions                               task runner catches those)
+``TaskDeferred``              ``airflow.sdk.exceptions``   ``airflow.exceptions``
+``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
+============================  ===========================  ==============================
+
+On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
+thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1).
+
+Cheap to import: it imports only what the importing module would have imported anyway.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from airflow import __version__ as AIRFLOW_VERSION
+from packaging.version import Version
+
+_RELEASE = Version(Version(AIRFLOW_VERSION).base_version)
+AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= _RELEASE
+AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _RELEASE
+
+if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
+    from airflow.sdk import BaseHook, CronTriggerTimetable, conf
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+else:
+    from airflow.configuration import conf
+    from airflow.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+    from airflow.timetables.trigger import CronTriggerTimetable
+
+    if AIRFLOW_V_3_1_PLUS:
+        from airflow.sdk import BaseHook
+    else:
+        from typing import Any
+
+        from airflow.hooks.base import BaseHook as _BaseHook
+
+        class BaseHook(_BaseHook):  # type: ignore[no-redef]
+            """Airflow 3.0's BaseHook with the async connection lookup of 3.1."""
+
+            @classmethod
+            async def aget_connection(cls, conn_id: str) -> Any:
+                from asgiref.sync import sync_to_async
+
+                # Airflow's own lookup in a worker thread: the event loop never waits on it.
+                return await sync_to_async(_BaseHook.get_connection)(conn_id)
+
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_1_PLUS",
+    "AIRFLOW_V_3_2_PLUS",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "BaseHook",
+    "CronTriggerTimetable",
+    "TaskDeferred",
+    "conf",
+]

@@ -17,7 +17,9 @@ fail/skip/timeout exceptions                               task runner catches t
 ============================  ===========================  ==============================
 
 On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
-thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1).
+thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). Airflow 3.1.0's
+``aget_connection`` works only where Airflow set up its supervisor channel (a worker or the
+triggerer); elsewhere (``dag.test()``, a script) it raises ImportError, and the thread lookup is used.
 
 Cheap to import: it imports only what the importing module would have imported anyway.
 """
@@ -54,7 +56,22 @@ else:
     from airflow.timetables.trigger import CronTriggerTimetable
 
     if AIRFLOW_V_3_1_PLUS:
-        from airflow.sdk import BaseHook
+        from typing import Any
+
+        from airflow.sdk import BaseHook as _SdkBaseHook
+
+        class BaseHook(_SdkBaseHook):  # type: ignore[no-redef]
+            """Airflow 3.1's BaseHook; on 3.1.0 the async lookup also works outside a task or triggerer."""
+
+            @classmethod
+            async def aget_connection(cls, conn_id: str) -> Any:
+                try:
+                    return await super().aget_connection(conn_id)
+                except ImportError:  # 3.1.0 imports SUPERVISOR_COMMS, which only Airflow's own processes set
+                    from asgiref.sync import sync_to_async
+
+                    return await sync_to_async(_SdkBaseHook.get_connection)(conn_id)
+
     else:
         from typing import Any
 

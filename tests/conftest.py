@@ -34,6 +34,36 @@ pytest_plugins = ["airflow_provider_cartesia.testing.pytest_plugin"]
 if os.environ.get("CARTESIA_TEST_INSTALLED") and REPO_ROOT in Path(airflow_provider_cartesia.__file__).parents:
     raise RuntimeError(f"testing {airflow_provider_cartesia.__file__}, not the installed wheel")
 
+# What Airflow itself lacks on an older release (docs/deploying.md), by test: expected to fail there
+# (strict: a test that starts passing is reported, and its entry goes).
+_DAG_TEST_3_0 = "Airflow 3.0's dag.test() runs tasks through the scheduler's TaskInstance path, not the Task SDK worker"
+KNOWN_AIRFLOW_GAPS: dict[str, tuple[str, str]] = {
+    "tests/test_links.py::test_the_worker_stores_the_link_from_the_connections_dashboard_url": (
+        "3.0",
+        f"{_DAG_TEST_3_0}: it stores no extra links (a real 3.0 worker does)",
+    ),
+    "tests/test_sensor_call_batch.py::test_sensor_in_every_mode": ("3.0", f"{_DAG_TEST_3_0}: it stores no extra links"),
+    "tests/test_operators_call_batch.py::test_dag_test_worker_dies_mid_create_and_the_retry_adopts_the_batch": (
+        "3.0",
+        f"{_DAG_TEST_3_0}: a try killed by execution_timeout raises out of dag.test() instead of being retried",
+    ),
+    "tests/test_provider_info.py::test_airflow_cli_discovers_the_provider_and_connection_type": (
+        "3.1.0",
+        "Airflow 3.1.0's `airflow connections test` cannot read a connection stored in the metadata DB "
+        "(cannot import name 'SUPERVISOR_COMMS'), whatever the provider",
+    ),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from airflow_provider_cartesia.compat import AIRFLOW_VERSION
+
+    for item in items:
+        release, reason = KNOWN_AIRFLOW_GAPS.get(item.nodeid.split("[")[0], ("", ""))
+        if release and (release == AIRFLOW_VERSION or AIRFLOW_VERSION.startswith(f"{release}.")):
+            item.add_marker(pytest.mark.xfail(reason=f"Airflow {AIRFLOW_VERSION}: {reason}", strict=True))
+
+
 REQUIRE_SERVERS = os.environ.get("CARTESIA_REQUIRE_SERVERS", "") not in ("", "0", "false")
 POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URI = os.environ.get("CARTESIA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")

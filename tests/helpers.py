@@ -84,11 +84,6 @@ def run_dag_test(dag: Any, **kwargs: Any) -> Any:
     module lives in no DAG bundle. Airflow 3.0's Task SDK DAG has no ``test()``: its scheduler DAG
     runs it, as ``airflow dags test`` does there.
     """
-    if not AIRFLOW_V_3_1_PLUS:
-        from airflow.models.dag import DAG
-
-        return DAG.from_sdk_dag(dag).test(**kwargs)
-
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
     from airflow.serialization.serialized_objects import LazyDeserializedDAG
@@ -96,6 +91,13 @@ def run_dag_test(dag: Any, **kwargs: Any) -> Any:
 
     with create_session() as session:
         DagBundlesManager().sync_bundles_to_db(session=session)
+    if not AIRFLOW_V_3_1_PLUS:
+        from airflow.models.dag import DAG
+
+        scheduler_dag = DAG.from_sdk_dag(dag)
+        with create_session() as session:  # the DAG's row and its assets (outlets must be active)
+            DAG.bulk_write_to_db("dags-folder", None, [scheduler_dag], session=session)
+        return scheduler_dag.test(**kwargs)
     with create_session() as session:
         update_dag_parsing_results_in_db(
             "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session

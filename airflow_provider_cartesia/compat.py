@@ -21,12 +21,13 @@ thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 
 ``aget_connection`` works only where Airflow set up its supervisor channel (a worker or the
 triggerer); elsewhere (``dag.test()``, a script) it raises ImportError, and the thread lookup is used.
 
-Cheap to import: it imports only what the importing module would have imported anyway.
+Cheap to import: ``BaseHook`` and ``CronTriggerTimetable`` are imported on first use, the rest is
+what the importing modules imported anyway.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from airflow import __version__ as AIRFLOW_VERSION
 from packaging.version import Version
@@ -36,7 +37,7 @@ AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= _RELEASE
 AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _RELEASE
 
 if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
-    from airflow.sdk import BaseHook, CronTriggerTimetable, conf
+    from airflow.sdk import conf
     from airflow.sdk.exceptions import (
         AirflowException,
         AirflowFailException,
@@ -53,14 +54,37 @@ else:
         AirflowSkipException,
         TaskDeferred,
     )
-    from airflow.timetables.trigger import CronTriggerTimetable
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseHook, CronTriggerTimetable
+
+
+def __getattr__(name: str) -> Any:
+    """``BaseHook`` and ``CronTriggerTimetable``, imported on first use (operators need neither)."""
+    if name == "BaseHook":
+        value = _base_hook()
+    elif name == "CronTriggerTimetable":
+        if AIRFLOW_V_3_2_PLUS:
+            from airflow.sdk import CronTriggerTimetable as value
+        else:
+            from airflow.timetables.trigger import CronTriggerTimetable as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _base_hook() -> type:
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk import BaseHook
+
+        return BaseHook
+    from asgiref.sync import sync_to_async
 
     if AIRFLOW_V_3_1_PLUS:
-        from typing import Any
+        from airflow.sdk import BaseHook as SdkBaseHook
 
-        from airflow.sdk import BaseHook as _SdkBaseHook
-
-        class BaseHook(_SdkBaseHook):  # type: ignore[no-redef]
+        class BaseHook31(SdkBaseHook):
             """Airflow 3.1's BaseHook; on 3.1.0 the async lookup also works outside a task or triggerer."""
 
             @classmethod
@@ -68,24 +92,21 @@ else:
                 try:
                     return await super().aget_connection(conn_id)
                 except ImportError:  # 3.1.0 imports SUPERVISOR_COMMS, which only Airflow's own processes set
-                    from asgiref.sync import sync_to_async
+                    return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
 
-                    return await sync_to_async(_SdkBaseHook.get_connection)(conn_id)
+        return BaseHook31
 
-    else:
-        from typing import Any
+    from airflow.hooks.base import BaseHook as CoreBaseHook  # type: ignore[attr-defined]  # 3.0 only
 
-        from airflow.hooks.base import BaseHook as _BaseHook
+    class BaseHook30(CoreBaseHook):
+        """Airflow 3.0's BaseHook with the async connection lookup of 3.1."""
 
-        class BaseHook(_BaseHook):  # type: ignore[no-redef]
-            """Airflow 3.0's BaseHook with the async connection lookup of 3.1."""
+        @classmethod
+        async def aget_connection(cls, conn_id: str) -> Any:
+            # Airflow's own lookup in a worker thread: the event loop never waits on it.
+            return await sync_to_async(CoreBaseHook.get_connection)(conn_id)
 
-            @classmethod
-            async def aget_connection(cls, conn_id: str) -> Any:
-                from asgiref.sync import sync_to_async
-
-                # Airflow's own lookup in a worker thread: the event loop never waits on it.
-                return await sync_to_async(_BaseHook.get_connection)(conn_id)
+    return BaseHook30
 
 
 __all__ = [

@@ -83,16 +83,20 @@ def _base_hook() -> type:
 
     if AIRFLOW_V_3_1_PLUS:
         from airflow.sdk import BaseHook as SdkBaseHook
+        from airflow.sdk.execution_time import task_runner
 
         class BaseHook31(SdkBaseHook):
-            """Airflow 3.1's BaseHook; on 3.1.0 the async lookup also works outside a task or triggerer."""
+            """Airflow 3.1's BaseHook; the async lookup also works outside a worker or triggerer.
+
+            3.1.0's ``aget_connection`` needs the supervisor channel that only Airflow's own processes
+            set (``dag.test()`` and scripts have none): there the lookup runs in a worker thread.
+            """
 
             @classmethod
             async def aget_connection(cls, conn_id: str) -> Any:
-                try:
+                if hasattr(task_runner, "SUPERVISOR_COMMS"):
                     return await super().aget_connection(conn_id)
-                except ImportError:  # 3.1.0 imports SUPERVISOR_COMMS, which only Airflow's own processes set
-                    return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
+                return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
 
         return BaseHook31
 

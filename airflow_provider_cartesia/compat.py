@@ -17,9 +17,9 @@ fail/skip/timeout exceptions                               task runner catches t
 ============================  ===========================  ==============================
 
 On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
-thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). Airflow 3.1.0's
-``aget_connection`` works only where Airflow set up its supervisor channel (a worker or the
-triggerer); elsewhere (``dag.test()``, a script) it raises ImportError, and the thread lookup is used.
+thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). On 3.1,
+``aget_connection`` is used where Airflow set up its supervisor channel (a worker, the triggerer):
+3.1.0's fails without it (``dag.test()``, a script), so there the thread lookup is used.
 
 Cheap to import: ``BaseHook`` and ``CronTriggerTimetable`` are imported on first use, the rest is
 what the importing modules imported anyway.

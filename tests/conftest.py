@@ -43,13 +43,19 @@ _THREAD_LOOKUP = (
 )
 KNOWN_AIRFLOW_GAPS: dict[str, tuple[tuple[str, ...], str, bool]] = {
     "tests/test_links.py::test_the_worker_stores_the_link_from_the_connections_dashboard_url": (
-        ("3.0",),
-        f"{_DAG_TEST_3_0}: it stores no extra links (a real 3.0 worker does)",
+        ("3.0.0",),
+        f"{_DAG_TEST_3_0}: it stores no extra links (a real 3.0 worker does; dag.test() from 3.0.6 does)",
         True,
     ),
     "tests/test_sensor_call_batch.py::test_sensor_in_every_mode": (
-        ("3.0",),
+        ("3.0.0",),
         f"{_DAG_TEST_3_0}: it stores no extra links",
+        True,
+    ),
+    "tests/test_sensor_call_batch.py::test_sensor_in_every_mode[reschedule]": (
+        ("3.0", "3.1.0"),
+        "Airflow's own BaseSensorOperator in reschedule mode under dag.test() gets the first reschedule date "
+        "as text (TypeError in airflow.sdk.bases.sensor), whatever the sensor",
         True,
     ),
     "tests/test_operators_call_batch.py::test_dag_test_worker_dies_mid_create_and_the_retry_adopts_the_batch": (
@@ -71,7 +77,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     from airflow_provider_cartesia.compat import AIRFLOW_VERSION
 
     for item in items:
-        releases, reason, strict = KNOWN_AIRFLOW_GAPS.get(item.nodeid.split("[")[0], ((), "", True))
+        gap = KNOWN_AIRFLOW_GAPS.get(item.nodeid) or KNOWN_AIRFLOW_GAPS.get(item.nodeid.split("[")[0])
+        releases, reason, strict = gap or ((), "", True)
         if any(r == AIRFLOW_VERSION or AIRFLOW_VERSION.startswith(f"{r}.") for r in releases):
             item.add_marker(pytest.mark.xfail(reason=f"Airflow {AIRFLOW_VERSION}: {reason}", strict=strict))
 

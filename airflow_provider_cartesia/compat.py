@@ -17,9 +17,9 @@ fail/skip/timeout exceptions                               task runner catches t
 ============================  ===========================  ==============================
 
 On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
-thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). On 3.1,
-``aget_connection`` is used where Airflow set up its supervisor channel (a worker, the triggerer):
-3.1.0's fails without it (``dag.test()``, a script), so there the thread lookup is used.
+thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 3.1.0's
+``aget_connection`` fails outside Airflow's own processes (``dag.test()``, a script: no supervisor
+channel); there too the thread lookup is used.
 
 Cheap to import: ``BaseHook`` and ``CronTriggerTimetable`` are imported on first use, the rest is
 what the importing modules imported anyway.
@@ -83,20 +83,20 @@ def _base_hook() -> type:
 
     if AIRFLOW_V_3_1_PLUS:
         from airflow.sdk import BaseHook as SdkBaseHook
-        from airflow.sdk.execution_time import task_runner
 
         class BaseHook31(SdkBaseHook):
             """Airflow 3.1's BaseHook; the async lookup also works outside a worker or triggerer.
 
-            3.1.0's ``aget_connection`` needs the supervisor channel that only Airflow's own processes
-            set (``dag.test()`` and scripts have none): there the lookup runs in a worker thread.
+            3.1.0's ``aget_connection`` imports the supervisor channel that only Airflow's own processes
+            set, and fails without it (``dag.test()``, a script): there the lookup runs in a worker thread.
             """
 
             @classmethod
             async def aget_connection(cls, conn_id: str) -> Any:
-                if hasattr(task_runner, "SUPERVISOR_COMMS"):
+                try:
                     return await super().aget_connection(conn_id)
-                return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
+                except ImportError:  # cannot import name 'SUPERVISOR_COMMS' (3.1.0)
+                    return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
 
         return BaseHook31
 

@@ -22,6 +22,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -82,18 +83,16 @@ def pin(release: str, python: str) -> None:
     print(f"pinned {pin_file(release).relative_to(ROOT)}")
 
 
-def build_wheel() -> Path:
-    dist = WORK / "dist"
-    shutil.rmtree(dist, ignore_errors=True)
+def build_wheel(run_dir: Path) -> Path:
+    dist = run_dir / "dist"
     subprocess.run([*uv(), "build", "--quiet", "--wheel", "--out-dir", str(dist), str(ROOT)], check=True)
     (wheel,) = dist.glob("*.whl")
     return wheel
 
 
-def stage() -> Path:
+def stage(run_dir: Path) -> Path:
     """tests/, example_dags/, docs/ and the pytest config, without the package source beside them."""
-    where = WORK / "stage"
-    shutil.rmtree(where, ignore_errors=True)
+    where = run_dir / "stage"
     where.mkdir(parents=True)
     for name in ("tests", "example_dags", "docs"):
         shutil.copytree(ROOT / name, where / name, ignore=shutil.ignore_patterns("__pycache__"))
@@ -167,9 +166,11 @@ def main() -> int:
             pin(release, opts.python)
         return 0
     start = time.monotonic()
-    wheel = build_wheel()
-    where = stage()
-    results = {r: run_release(r, wheel, where, opts.python, opts.pytest_args.split()) for r in releases}
+    WORK.mkdir(exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="run-", dir=WORK) as run_dir:
+        wheel = build_wheel(Path(run_dir))
+        where = stage(Path(run_dir))
+        results = {r: run_release(r, wheel, where, opts.python, opts.pytest_args.split()) for r in releases}
     failed = [r for r, ok in results.items() if not ok]
     summary = ", ".join(f"{r} {'ok' if ok else 'FAILED'}" for r, ok in results.items())
     print(f"compat: {summary} ({time.monotonic() - start:.0f} s)")

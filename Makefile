@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 # uv when it is on PATH; otherwise the copy `pip install uv` puts next to $(PYTHON).
 UV ?= $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
 
-.PHONY: demo test lint typecheck unit venv sysdeps clean bench
+.PHONY: demo test lint typecheck unit venv sysdeps clean bench compat compat-pins uv
 
 venv: $(STAMP)
 
@@ -22,9 +22,11 @@ sysdeps:
 		fi; \
 	fi
 
-$(STAMP): pyproject.toml constraints.txt
-	@$(MAKE) --no-print-directory sysdeps
+uv:
 	@$(UV) --version >/dev/null 2>&1 || { echo "Installing uv"; $(PYTHON) -m pip install -q uv; }
+
+$(STAMP): pyproject.toml constraints.txt
+	@$(MAKE) --no-print-directory sysdeps uv
 	$(UV) venv -q --allow-existing --python $(PYTHON) $(VENV)
 	$(UV) pip install -q --python $(PY) --compile-bytecode -c constraints.txt -e ".[test]"
 	@touch $@
@@ -47,5 +49,15 @@ demo: $(STAMP)
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
+# The Airflow version matrix (docs/deploying.md): the wheel's unit and dag.test() suites on the floor and
+# latest patch of each older minor release, installed from the pins in compat/; the e2e on the floor.
+# One release: `make compat AIRFLOW=3.1.8`. New pins (after a dependency change): `make compat-pins`.
+AIRFLOW ?=
+compat: sysdeps uv
+	$(PYTHON) scripts/compat.py run $(AIRFLOW)
+
+compat-pins: uv
+	$(PYTHON) scripts/compat.py pin $(AIRFLOW)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build dist .compat

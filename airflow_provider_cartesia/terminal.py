@@ -76,9 +76,9 @@ def main(
     sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Run one command; returns the exit status. ``console`` and ``sleep`` (polls and retry waits) are for tests."""
-    from airflow.sdk.exceptions import AirflowNotFoundException
     from rich.console import Console
 
+    from airflow_provider_cartesia.compat import AirflowNotFoundException
     from airflow_provider_cartesia.exceptions import CartesiaError
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
 

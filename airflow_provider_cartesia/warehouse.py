@@ -238,7 +238,8 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
     store for ``--conn-type sqlite`` without that provider).
     """
     from airflow.providers.common.sql.hooks.sql import DbApiHook
-    from airflow.sdk import BaseHook
+
+    from airflow_provider_cartesia.compat import BaseHook
 
     conn = BaseHook.get_connection(conn_id)
     if is_sqlite_connection(conn.conn_type, conn.host, conn.port) and (

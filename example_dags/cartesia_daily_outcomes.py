@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import CronTriggerTimetable, dag
+from airflow.sdk import dag
 
+from airflow_provider_cartesia.compat import CronTriggerTimetable
 from airflow_provider_cartesia.transfers.call_batch_to_warehouse import CallBatchToWarehouseOperator
 
 CARTESIA_CONN_ID = "cartesia_default"

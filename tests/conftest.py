@@ -24,14 +24,88 @@ os.environ.pop("AIRFLOW_CONN_CARTESIA_DEFAULT", None)
 
 import pytest  # noqa: E402
 
+import airflow_provider_cartesia  # noqa: E402
 from airflow_provider_cartesia.testing import CartesiaSimulator  # noqa: E402
-from tests.helpers import SleepRecorder, cartesia_connection_json  # noqa: E402
+from tests.helpers import SleepRecorder, cartesia_connection_json, mysql_connect  # noqa: E402
 
 pytest_plugins = ["airflow_provider_cartesia.testing.pytest_plugin"]
+
+# `make compat` tests the installed wheel: the package must not come from a source tree beside tests/.
+if os.environ.get("CARTESIA_TEST_INSTALLED") and REPO_ROOT in Path(airflow_provider_cartesia.__file__).parents:
+    raise RuntimeError(f"testing {airflow_provider_cartesia.__file__}, not the installed wheel")
+
+# What Airflow itself lacks on an older release (docs/deploying.md), by test: expected to fail there.
+# Strict (a test that starts passing is reported, and its entry goes) unless the failure depends on load.
+_DAG_TEST_3_0 = "Airflow 3.0's dag.test() runs tasks through the scheduler's TaskInstance path, not the Task SDK worker"
+_THREAD_LOOKUP = (
+    "the connection lookup runs in a worker thread (3.0: the provider's fallback; 3.1: Airflow's own "
+    "aget_connection wraps the secrets backends in sync_to_async), whose CPU work (secret masking) holds the "
+    "GIL: 20 triggers starting at once can make the loop miss a 100 ms beat, more so on a busy machine"
+)
+KNOWN_AIRFLOW_GAPS: dict[str, tuple[tuple[str, ...], str, bool]] = {
+    "tests/test_links.py::test_the_worker_stores_the_link_from_the_connections_dashboard_url": (
+        ("3.0.0",),
+        f"{_DAG_TEST_3_0}: it stores no extra links (a real 3.0 worker does; dag.test() from 3.0.6 does)",
+        True,
+    ),
+    "tests/test_sensor_call_batch.py::test_sensor_in_every_mode": (
+        ("3.0.0",),
+        f"{_DAG_TEST_3_0}: it stores no extra links",
+        True,
+    ),
+    "tests/test_sensor_call_batch.py::test_sensor_in_every_mode[reschedule]": (
+        ("3.0", "3.1.0"),
+        "Airflow's own BaseSensorOperator in reschedule mode under dag.test() gets the first reschedule date "
+        "as text (TypeError in airflow.sdk.bases.sensor), whatever the sensor",
+        True,
+    ),
+    "tests/test_operators_call_batch.py::test_dag_test_worker_dies_mid_create_and_the_retry_adopts_the_batch": (
+        ("3.0",),
+        f"{_DAG_TEST_3_0}: a try killed by execution_timeout may raise out of dag.test() instead of being retried",
+        False,
+    ),
+    "tests/test_provider_info.py::test_airflow_cli_discovers_the_provider_and_connection_type": (
+        ("3.1.0",),
+        "`airflow connections test` cannot read a connection stored in the metadata DB "
+        "(cannot import name 'SUPERVISOR_COMMS'), whatever the provider",
+        True,
+    ),
+    "tests/test_trigger_call_batch.py::test_run_never_blocks_the_event_loop": (("3.0", "3.1"), _THREAD_LOOKUP, False),
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    from airflow_provider_cartesia.compat import AIRFLOW_VERSION
+
+    for item in items:
+        gap = KNOWN_AIRFLOW_GAPS.get(item.nodeid) or KNOWN_AIRFLOW_GAPS.get(item.nodeid.split("[")[0])
+        releases, reason, strict = gap or ((), "", True)
+        if any(r == AIRFLOW_VERSION or AIRFLOW_VERSION.startswith(f"{r}.") for r in releases):
+            item.add_marker(pytest.mark.xfail(reason=f"Airflow {AIRFLOW_VERSION}: {reason}", strict=strict))
+
 
 REQUIRE_SERVERS = os.environ.get("CARTESIA_REQUIRE_SERVERS", "") not in ("", "0", "false")
 POSTGRES_URI = os.environ.get("CARTESIA_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 MYSQL_URI = os.environ.get("CARTESIA_TEST_MYSQL", "mysql://root@127.0.0.1:3306/test")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _warm_connection_lookup() -> None:
+    """Look a connection up once, so Airflow's lookup machinery is imported as in a running triggerer.
+
+    Before Airflow 3.2 a trigger outside Airflow's processes looks its connection up in a worker thread
+    (airflow_provider_cartesia.compat); a cold test process would import a thousand modules there on
+    the first lookup, under the import lock the event loop also needs. A triggerer has them loaded.
+    """
+    from airflow_provider_cartesia.compat import AIRFLOW_V_3_2_PLUS, BaseHook
+
+    if AIRFLOW_V_3_2_PLUS:
+        return
+    os.environ["AIRFLOW_CONN_CARTESIA_WARM_UP"] = '{"conn_type": "generic"}'
+    try:
+        BaseHook.get_connection("cartesia_warm_up")
+    finally:
+        del os.environ["AIRFLOW_CONN_CARTESIA_WARM_UP"]
 
 
 @pytest.fixture
@@ -81,9 +155,7 @@ def postgres_uri() -> str:
 def mysql_uri() -> str:
     """URI of the local MariaDB/MySQL test database; skips (or fails in CI) when it is not reachable."""
     try:
-        import MySQLdb
-
-        MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", db="test", connect_timeout=3).close()
+        mysql_connect(MYSQL_URI, connect_timeout=3).close()
     except Exception as exc:
         _server_unreachable("MariaDB", f"{MYSQL_URI}: {type(exc).__name__}: {exc}".strip())
     return MYSQL_URI

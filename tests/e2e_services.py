@@ -398,12 +398,30 @@ def postgres_database(server_uri: str, prefix: str = "cartesia_e2e") -> Iterator
             conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def database_uri(server_uri: str, database: str, driver: str = "postgresql+psycopg") -> str:
-    """``server_uri`` (``postgresql://user@host:port/db``) pointed at ``database``, with ``driver``."""
+def sqlalchemy_postgres_scheme() -> str:
+    """The SQLAlchemy URL scheme of the installed PostgreSQL driver.
+
+    psycopg 3 needs SQLAlchemy 2 (``postgresql+psycopg``); Airflow 3.0 runs SQLAlchemy 1.4, whose only
+    PostgreSQL driver here is psycopg2 (the postgres provider's dependency).
+    """
+    import importlib.util
+
+    import sqlalchemy
+
+    if int(sqlalchemy.__version__.split(".")[0]) >= 2 and importlib.util.find_spec("psycopg"):
+        return "postgresql+psycopg"
+    return "postgresql+psycopg2"
+
+
+def database_uri(server_uri: str, database: str, driver: str | None = None) -> str:
+    """``server_uri`` (``postgresql://user@host:port/db``) pointed at ``database``, with ``driver``.
+
+    ``driver`` defaults to the installed one (:func:`sqlalchemy_postgres_scheme`).
+    """
     from urllib.parse import urlsplit, urlunsplit
 
     parts = urlsplit(server_uri)
-    return urlunsplit((driver, parts.netloc, f"/{database}", parts.query, ""))
+    return urlunsplit((driver or sqlalchemy_postgres_scheme(), parts.netloc, f"/{database}", parts.query, ""))
 
 
 def triggerer_job_ids(dsn: str) -> set[int]:
@@ -531,3 +549,10 @@ def find_in_files(root: Path, needles: Sequence[str]) -> tuple[dict[str, set[Pat
             if needle.encode() in data:
                 found[needle].add(path)
     return found, read
+
+
+def libpq_uri(uri: str) -> str:
+    """A SQLAlchemy URL (``postgresql+driver://...``) as libpq takes it (``postgresql://...``)."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    return urlunsplit(("postgresql", *urlsplit(uri)[1:]))

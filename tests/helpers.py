@@ -2,10 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import json
+import logging
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+from airflow_provider_cartesia.compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_2_PLUS
 from airflow_provider_cartesia.testing import CartesiaSimulator
+
+
+def server_connection_json(conn_type: str, uri: str) -> str:
+    """An ``AIRFLOW_CONN_*`` value (JSON form) for the database server of ``uri`` (``scheme://user:pw@host:port/db``).
+
+    The writing side (the Airflow connection) and the reading side of a test then use the same server.
+    """
+    parts = urlsplit(uri)
+    conn = {"conn_type": conn_type, "host": parts.hostname, "port": parts.port, "login": parts.username}
+    conn |= {"password": unquote(parts.password or ""), "schema": parts.path.lstrip("/")}
+    return json.dumps(conn)
+
+
+def mysql_connect(uri: str, **kwargs: Any) -> Any:
+    """A mysqlclient connection to the server of ``uri`` (``mysql://user:pw@host:port/db``)."""
+    import MySQLdb
+
+    parts = urlsplit(uri)
+    return MySQLdb.connect(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 3306,
+        user=parts.username or "root",
+        passwd=unquote(parts.password or ""),
+        db=parts.path.lstrip("/"),
+        charset="utf8mb4",
+        **kwargs,
+    )
+
+
+def postgres_driver() -> str:
+    """The driver the installed postgres provider's PostgresHook connects with: ``psycopg`` (3) or ``psycopg2``.
+
+    Providers before 6.3 (what Airflow 3.0 resolves to) use psycopg2 only; later ones psycopg 3 when it is
+    installed with SQLAlchemy 2.
+    """
+    from airflow.providers.postgres.hooks import postgres
+
+    return "psycopg" if getattr(postgres, "USE_PSYCOPG3", False) else "psycopg2"
 
 
 def cartesia_connection_json(sim: CartesiaSimulator, **extra: object) -> str:
@@ -37,7 +81,8 @@ def run_dag_test(dag: Any, **kwargs: Any) -> Any:
     """``dag.test()`` once the DAG is serialized in the metadata DB, as the DAG processor would write it.
 
     Airflow 3.3's ``dag.test()`` runs only DAGs it finds serialized, and a DAG defined in a test
-    module lives in no DAG bundle.
+    module lives in no DAG bundle. Airflow 3.0's Task SDK DAG has no ``test()``: its scheduler DAG
+    runs it, as ``airflow dags test`` does there.
     """
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.collection import update_dag_parsing_results_in_db
@@ -46,8 +91,53 @@ def run_dag_test(dag: Any, **kwargs: Any) -> Any:
 
     with create_session() as session:
         DagBundlesManager().sync_bundles_to_db(session=session)
+    if not AIRFLOW_V_3_1_PLUS:
+        from airflow.models.dag import DAG
+
+        scheduler_dag = DAG.from_sdk_dag(dag)
+        with create_session() as session:  # the DAG's row and its assets (outlets must be active)
+            DAG.bulk_write_to_db("dags-folder", None, [scheduler_dag], session=session)
+        return scheduler_dag.test(**kwargs)
     with create_session() as session:
         update_dag_parsing_results_in_db(
             "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
         )
     return dag.test(**kwargs)
+
+
+def dag_bag(folder: str) -> Any:
+    """Airflow's DagBag of ``folder`` (``airflow.dag_processing.dagbag`` from 3.2, ``airflow.models`` before)."""
+    module = "airflow.dag_processing.dagbag" if AIRFLOW_V_3_2_PLUS else "airflow.models.dagbag"
+    return importlib.import_module(module).DagBag(folder)
+
+
+def import_string(dotted_path: str) -> Any:
+    """The object at ``module.attribute`` (as the triggerer imports a trigger's classpath)."""
+    module, _, name = dotted_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
+@contextlib.contextmanager
+def capture_logs() -> Iterator[list[dict[str, Any]]]:
+    """structlog's ``capture_logs``, plus the provider's stdlib log records in the same shape.
+
+    Triggers log through structlog from Airflow 3.1 and through stdlib logging on 3.0 (where Airflow's
+    own records, such as "Connection Retrieved", are left out: only ``airflow_provider_cartesia.*``).
+    """
+    from structlog.testing import capture_logs as capture_structlog
+
+    entries: list[dict[str, Any]] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            entries.append({"log_level": record.levelname.lower(), "event": record.getMessage()})
+
+    handler = Collect(logging.DEBUG)
+    ours = logging.getLogger("airflow_provider_cartesia")
+    ours.addHandler(handler)
+    try:
+        with capture_structlog() as structured:
+            yield entries
+    finally:
+        ours.removeHandler(handler)
+        entries.extend(structured)

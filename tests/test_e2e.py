@@ -35,6 +35,7 @@ from tests.e2e_services import (
     airflow_environment,
     database_uri,
     free_port,
+    libpq_uri,
     postgres_database,
     tail,
     wait_for,
@@ -169,7 +170,7 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
 def _triggerer_job_ids(metadata_uri: str) -> set[int]:
     import psycopg
 
-    with psycopg.connect(metadata_uri.replace("postgresql+psycopg://", "postgresql://")) as conn:
+    with psycopg.connect(libpq_uri(metadata_uri)) as conn:
         rows = conn.execute("SELECT id FROM job WHERE job_type = 'TriggererJob'").fetchall()
     return {int(row[0]) for row in rows}
 

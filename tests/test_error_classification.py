@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
+from airflow_provider_cartesia.compat import AirflowFailException
 from airflow_provider_cartesia.exceptions import (
     CartesiaPaymentRequiredError,
     CartesiaServerError,

@@ -36,11 +36,12 @@ WAREHOUSE_CONN_ID = "cartesia_warehouse"
 def load_example_dags() -> tuple[Any, list[warnings.WarningMessage]]:
     """A DagBag of example_dags/ and every warning raised while filling it (``always``: none hidden)."""
     import airflow  # noqa: F401  (airflow's own import-time warnings are not the examples')
-    from airflow.dag_processing.dagbag import DagBag
+
+    from tests.helpers import dag_bag
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        bag = DagBag(str(EXAMPLE_DAGS))
+        bag = dag_bag(str(EXAMPLE_DAGS))
     return bag, caught
 
 

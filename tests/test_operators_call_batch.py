@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 
 import pytest
 from airflow.sdk import DAG
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException
 from airflow_provider_cartesia.exceptions import CartesiaCancelError, CartesiaServerError
 from airflow_provider_cartesia.idempotency import (
     CLOCK_SKEW_MARGIN,
@@ -965,8 +965,7 @@ def test_a_deferred_wait_on_a_split_resumes_part_by_part(
     cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator, run_after: datetime
 ) -> None:
     """Each resume judges its event as the sensor does, then waits for the next part; the state is in XCom."""
-    from airflow.sdk.exceptions import TaskDeferred
-
+    from airflow_provider_cartesia.compat import TaskDeferred
     from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 
     sim = cartesia_simulator

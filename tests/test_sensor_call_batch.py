@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 from airflow.sdk import DAG, chain
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException, TaskDeferred
 
+from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, TaskDeferred
 from airflow_provider_cartesia.models import CallBatch
 from airflow_provider_cartesia.sensors.call_batch import CallBatchSensor
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
@@ -305,7 +305,7 @@ def test_execute_complete_fails_closed_and_ends_like_a_poke(cartesia_conn_id: st
     sensor = CallBatchSensor(task_id="wait", batch_id="acb_1", deferrable=True)
     summary = {"batch_id": "acb_1", "status": "completed", "total_calls_finished": 2}
     assert sensor.execute_complete({}, {"status": "success", "batch_id": "acb_1", "summary": summary}) == summary
-    from airflow.sdk.exceptions import AirflowException, AirflowSensorTimeout
+    from airflow_provider_cartesia.compat import AirflowException, AirflowSensorTimeout
 
     for bad in (None, {}, {"status": "cancelled", "batch_id": "acb_1"}, {"status": "success", "batch_id": "acb_2"}):
         with pytest.raises(AirflowException):

@@ -70,7 +70,7 @@ def test_a_templated_table_is_checked_when_rendered(tmp_path: Path, monkeypatch:
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE", json.dumps({"conn_type": "sqlite", "host": str(tmp_path / "w.db")}))
     op = CallBatchToWarehouseOperator(task_id="t", warehouse_conn_id="warehouse", table="{{ params.t }}", batch_id="a")
     op.table = "t; DROP TABLE x"  # what a hostile template would render to
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="not a valid name"):
         op.execute({})
@@ -106,15 +106,14 @@ def test_table_asset_is_added_to_user_outlets() -> None:
 
 def test_importing_the_operator_stays_light() -> None:
     code = (
-        "import sys, airflow.sdk; before = set(sys.modules); "
+        "import sys, warnings, airflow.sdk; before = set(sys.modules); "
+        "warnings.filterwarnings('error', category=DeprecationWarning, module='airflow_provider_cartesia'); "
         "import airflow_provider_cartesia.transfers.call_batch_to_warehouse; "
         "heavy = ('airflow.providers.common.sql', 'psycopg', 'MySQLdb', 'sqlite3', 'requests', 'pydantic', "
         "'airflow_provider_cartesia.hooks'); "
         "print(sorted(n for n in set(sys.modules) - before if n.startswith(heavy)))"
     )
-    out = subprocess.run(
-        [sys.executable, "-W", "error::DeprecationWarning", "-c", code], capture_output=True, text=True
-    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
 
@@ -331,7 +330,7 @@ def test_add_missing_columns_widens_an_earlier_table(
 ) -> None:
     batch_id = quick(cartesia_simulator)
     operator(engine, batch_id=batch_id).execute({})
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="call_status"):
         operator(engine, batch_id=batch_id, include_calls=True).execute({})
@@ -368,7 +367,7 @@ def test_any_string_the_api_returns_is_exported(
 def test_unknown_batch_fails_at_once_and_writes_nothing(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     with pytest.raises(AirflowFailException, match="404"):
         operator(engine, batch_id="acb_missing").execute({})
@@ -382,7 +381,7 @@ def test_unknown_batch_fails_at_once_and_writes_nothing(
 def test_ids_that_render_to_none_fail_instead_of_exporting_the_window(
     field: str, engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     operator(engine, batch_id=quick(cartesia_simulator)).execute({})
     quick(cartesia_simulator)  # a second batch, updated inside the window
@@ -455,7 +454,7 @@ def test_an_answer_inconsistent_with_its_counters_never_replaces_the_rows(
 def test_a_zero_length_interval_continues_from_the_last_successful_run(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str
 ) -> None:
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     sim = cartesia_simulator
     t = sim.clock.now().replace(minute=0, second=0, microsecond=0) + timedelta(hours=3)
@@ -721,7 +720,7 @@ def test_a_sqlite_file_locked_by_another_process_is_transient(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Another process holds the file's lock (EXCLUSIVE: nobody reads; IMMEDIATE: nobody writes)."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     path = tmp_path / "locked.db"
     conn = {"conn_type": "sqlite", "host": str(path), "extra": {"timeout": 0}}
@@ -749,7 +748,7 @@ def test_a_lock_timeout_while_reading_the_table_is_transient(
     engine: Engine, cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Another session holds an ACCESS EXCLUSIVE lock (a migration): the read of the table's shape times out."""
-    from airflow.sdk.exceptions import AirflowFailException
+    from airflow_provider_cartesia.compat import AirflowFailException
 
     conn = {**json.loads(engine.conn_json), "extra": {"options": "-c lock_timeout=50"}}
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", json.dumps(conn))

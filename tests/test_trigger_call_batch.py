@@ -116,7 +116,7 @@ def test_serialize_holds_ids_and_settings_only_and_round_trips() -> None:
         "max_consecutive_failures": 2,
     }
     json.dumps(kwargs)  # stored in the metadata DB as is
-    from airflow.sdk._shared.module_loading import import_string
+    from tests.helpers import import_string
 
     rebuilt = import_string(classpath)(**kwargs)
     assert rebuilt.serialize() == (classpath, kwargs)
@@ -343,7 +343,7 @@ def test_exponential_backoff_doubles_the_interval_up_to_max_wait(
 def test_unknown_status_keeps_waiting_and_is_warned_about_once(
     cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str, sleeps: Any
 ) -> None:
-    from structlog.testing import capture_logs
+    from tests.helpers import capture_logs
 
     sim = cartesia_simulator
     batch_id = sim.seed_batch(recipients=1, call_seconds=(5.0, 5.0), outcomes=COMPLETED)

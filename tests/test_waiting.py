@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
 
+from airflow_provider_cartesia.compat import AirflowException, AirflowFailException, AirflowSensorTimeout, TaskDeferred
 from airflow_provider_cartesia.exceptions import (
     CartesiaAPIError,
     CartesiaAuthError,

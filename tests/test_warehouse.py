@@ -225,7 +225,7 @@ def test_sqlite_busy_and_locked_are_transient(tmp_path: Path) -> None:
 def test_create_export_and_read_back(engine: Engine) -> None:
     batch = make_batch("acb_one", 25)
     with writer_for(engine) as writer:
-        assert writer.insert_method == {"postgres": "copy"}.get(engine.name, "executemany")
+        assert writer.insert_method == engine.bulk_method
         assert writer.ensure_table(create=True) == []
         assert writer.replace_batch("acb_one", rows_of(writer, batch)) == 25
     rows = engine.rows(columns=", ".join(c.name for c in RECIPIENT_COLUMNS))
@@ -467,7 +467,8 @@ def test_generic_sql_path_on_a_real_engine(engine: Engine, monkeypatch: pytest.M
     monkeypatch.setenv("AIRFLOW_CONN_GENERIC", json.dumps(conn))
     hook = get_warehouse_hook("generic")
     with WarehouseWriter(hook, engine.table, RECIPIENT_COLUMNS, chunk_size=3) as writer:
-        assert writer.engine.name == "generic" and writer.insert_method == "executemany"
+        assert writer.engine.name == "generic"
+        assert writer.insert_method == {"copy": "executemany"}.get(engine.bulk_method, engine.bulk_method)
         writer.ensure_table()
         writer.replace_batch("acb_g", rows_of(writer, make_batch("acb_g", 10, metadata=HOSTILE_METADATA)))
         writer.replace_batch("acb_g", rows_of(writer, make_batch("acb_g", 10, metadata=HOSTILE_METADATA)))
@@ -486,7 +487,7 @@ def test_psycopg2_connections_use_execute_values(engine: Engine) -> None:
 
     class Psycopg2Hook(PostgresHook):
         def get_conn(self) -> Any:
-            return psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="test")
+            return psycopg2.connect(engine.uri)
 
     hook = Psycopg2Hook(postgres_conn_id=CONN_ID)
     with WarehouseWriter(hook, engine.table, RECIPIENT_COLUMNS, chunk_size=7) as writer:

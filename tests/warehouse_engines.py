@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import mysql_connect, postgres_driver, server_connection_json
+
 ENGINES = ("sqlite", "postgres", "mysql")
 CONN_ID = "warehouse"
 
@@ -32,6 +34,10 @@ class Engine:
     connect: Callable[[], Any]
     placeholder: str
     table: str
+    bulk_method: str = "executemany"
+    """The writer's fast path on this engine (PostgreSQL: ``copy`` on psycopg 3, ``execute_values`` on psycopg2)."""
+    uri: str = ""
+    """The server's URI (``CARTESIA_TEST_POSTGRES`` / ``CARTESIA_TEST_MYSQL``), for both sides of a test."""
     cleanup: list[str] = field(default_factory=list)
     """SQL run at teardown (drops of what the test created), last first."""
 
@@ -110,26 +116,13 @@ def make_engine(name: str, request: pytest.FixtureRequest, tmp_path: Path) -> It
         uri = request.getfixturevalue("postgres_uri")
         import psycopg
 
+        bulk_method = {"psycopg": "copy", "psycopg2": "execute_values"}[postgres_driver()]
         engine = Engine(
-            name,
-            json.dumps(
-                {"conn_type": "postgres", "host": "127.0.0.1", "port": 5432, "login": "postgres", "schema": "test"}
-            ),
-            lambda: psycopg.connect(uri),
-            "%s",
-            table,
+            name, server_connection_json("postgres", uri), lambda: psycopg.connect(uri), "%s", table, bulk_method, uri
         )
     else:
-        request.getfixturevalue("mysql_uri")
-        import MySQLdb
-
-        engine = Engine(
-            name,
-            json.dumps({"conn_type": "mysql", "host": "127.0.0.1", "port": 3306, "login": "root", "schema": "test"}),
-            lambda: MySQLdb.connect(host="127.0.0.1", port=3306, user="root", passwd="", db="test", charset="utf8mb4"),
-            "%s",
-            table,
-        )
+        uri = request.getfixturevalue("mysql_uri")
+        engine = Engine(name, server_connection_json("mysql", uri), lambda: mysql_connect(uri), "%s", table, uri=uri)
     engine.drops(f"DROP TABLE IF EXISTS {table}")
     monkeypatch = request.getfixturevalue("monkeypatch")
     monkeypatch.setenv(f"AIRFLOW_CONN_{CONN_ID.upper()}", engine.conn_json)

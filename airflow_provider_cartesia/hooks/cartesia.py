@@ -21,8 +21,6 @@ from datetime import datetime
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from airflow.sdk import BaseHook
-
 from airflow_provider_cartesia.api import (
     READ_CHUNK_BYTES,
     ApiSettings,
@@ -33,6 +31,7 @@ from airflow_provider_cartesia.api import (
     parse_model,
     settings_from_connection,
 )
+from airflow_provider_cartesia.compat import BaseHook
 from airflow_provider_cartesia.exceptions import (
     CartesiaAuthError,
     CartesiaBadRequestError,

@@ -15,9 +15,9 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk import BaseOperator, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk import BaseOperator
 
+from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, conf
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
 from airflow_provider_cartesia.models import WaitFor

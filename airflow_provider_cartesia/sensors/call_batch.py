@@ -8,9 +8,9 @@ from contextlib import contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from airflow.sdk import BaseSensorOperator, PokeReturnValue, conf
-from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+from airflow.sdk import BaseSensorOperator, PokeReturnValue
 
+from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, conf
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.links import CallBatchLink
 from airflow_provider_cartesia.models import WaitFor

@@ -16,10 +16,14 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_cartesia.api import cyclic_gc_paused
-from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaResponseError, is_permanent
+from airflow_provider_cartesia.compat import AirflowFailException
+from airflow_provider_cartesia.exceptions import (
+    CartesiaError,
+    CartesiaResponseError,
+    is_permanent,
+)
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.rows import batch_rows, collect_call_outcomes, export_columns, status_counts
 from airflow_provider_cartesia.warehouse import TableName, parse_table_name
@@ -370,7 +374,7 @@ class CallBatchToWarehouseOperator(BaseOperator):
         """``(namespace, name)`` of each exported batch and of the table, in OpenLineage's naming."""
         from urllib.parse import urlsplit
 
-        from airflow.sdk import BaseHook
+        from airflow_provider_cartesia.compat import BaseHook
 
         api = urlsplit(self.hook.settings.base_url)
         inputs = [(f"cartesia://{api.netloc}", f"agents/calls/batches/{b}") for b in self._exported]

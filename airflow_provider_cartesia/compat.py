@@ -1,0 +1,131 @@
+"""What older Airflow 3 releases lack, in one place.
+
+The provider is written for the newest Airflow; this module hands the rest of the package the same
+names on every supported release (3.0 to 3.3), so no other module imports by release:
+
+============================  ===========================  ==============================
+name                          3.2 and later                before 3.2
+============================  ===========================  ==============================
+``BaseHook``                  ``airflow.sdk``              ``airflow.sdk`` from 3.1;
+                                                           ``airflow.hooks.base`` on 3.0,
+                                                           with ``aget_connection`` added
+``conf``                      ``airflow.sdk``              ``airflow.configuration``
+``AirflowException`` and the  ``airflow.sdk.exceptions``   ``airflow.exceptions`` (the
+fail/skip/timeout/not-found                                task runner catches those)
+``TaskDeferred``              ``airflow.sdk.exceptions``   ``airflow.exceptions``
+``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
+============================  ===========================  ==============================
+
+On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
+thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 3.1.0's
+``aget_connection`` fails outside Airflow's own processes (``dag.test()``, a script: no supervisor
+channel); there too the thread lookup is used.
+
+Cheap to import: ``BaseHook`` and ``CronTriggerTimetable`` are imported on first use, the rest is
+what the importing modules imported anyway.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from airflow import __version__ as AIRFLOW_VERSION
+from packaging.version import Version
+
+_RELEASE = Version(Version(AIRFLOW_VERSION).base_version)
+AIRFLOW_V_3_1_PLUS = Version("3.1.0") <= _RELEASE
+AIRFLOW_V_3_2_PLUS = Version("3.2.0") <= _RELEASE
+
+if TYPE_CHECKING or AIRFLOW_V_3_2_PLUS:
+    from airflow.sdk import conf
+    from airflow.sdk.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+else:
+    from airflow.configuration import conf
+    from airflow.exceptions import (
+        AirflowException,
+        AirflowFailException,
+        AirflowNotFoundException,
+        AirflowSensorTimeout,
+        AirflowSkipException,
+        TaskDeferred,
+    )
+
+if TYPE_CHECKING:
+    from airflow.sdk import BaseHook, CronTriggerTimetable
+
+
+def __getattr__(name: str) -> Any:
+    """``BaseHook`` and ``CronTriggerTimetable``, imported on first use (operators need neither)."""
+    if name == "BaseHook":
+        value = _base_hook()
+    elif name == "CronTriggerTimetable":
+        if AIRFLOW_V_3_2_PLUS:
+            from airflow.sdk import CronTriggerTimetable as value
+        else:
+            from airflow.timetables.trigger import CronTriggerTimetable as value
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def _base_hook() -> type:
+    if AIRFLOW_V_3_2_PLUS:
+        from airflow.sdk import BaseHook
+
+        return BaseHook
+    from asgiref.sync import sync_to_async
+
+    if AIRFLOW_V_3_1_PLUS:
+        from airflow.sdk import BaseHook as SdkBaseHook
+
+        class BaseHook31(SdkBaseHook):
+            """Airflow 3.1's BaseHook; the async lookup also works outside a worker or triggerer.
+
+            3.1.0's ``aget_connection`` imports the supervisor channel that only Airflow's own processes
+            set, and fails without it (``dag.test()``, a script): there the lookup runs in a worker thread.
+            """
+
+            @classmethod
+            async def aget_connection(cls, conn_id: str) -> Any:
+                try:
+                    return await super().aget_connection(conn_id)
+                except ImportError:  # cannot import name 'SUPERVISOR_COMMS' (3.1.0)
+                    return await sync_to_async(SdkBaseHook.get_connection)(conn_id)
+
+        return BaseHook31
+
+    from airflow.hooks.base import BaseHook as CoreBaseHook  # type: ignore[attr-defined]  # 3.0 only
+
+    class BaseHook30(CoreBaseHook):
+        """Airflow 3.0's BaseHook with the async connection lookup of 3.1."""
+
+        @classmethod
+        async def aget_connection(cls, conn_id: str) -> Any:
+            # Airflow's own lookup in a worker thread: the event loop never waits on it.
+            return await sync_to_async(CoreBaseHook.get_connection)(conn_id)
+
+    return BaseHook30
+
+
+__all__ = [
+    "AIRFLOW_VERSION",
+    "AIRFLOW_V_3_1_PLUS",
+    "AIRFLOW_V_3_2_PLUS",
+    "AirflowException",
+    "AirflowFailException",
+    "AirflowNotFoundException",
+    "AirflowSensorTimeout",
+    "AirflowSkipException",
+    "BaseHook",
+    "CronTriggerTimetable",
+    "TaskDeferred",
+    "conf",
+]

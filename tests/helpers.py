@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
-from airflow_provider_cartesia.compat import AIRFLOW_V_3_1_PLUS, AIRFLOW_V_3_2_PLUS
+from airflow_provider_cartesia.compat import AIRFLOW_V_3_2_PLUS
 from airflow_provider_cartesia.testing import CartesiaSimulator
 
 
@@ -75,34 +75,6 @@ class SleepRecorder:
 
     async def asleep(self, seconds: float) -> None:
         self.waits.append(seconds)
-
-
-def run_dag_test(dag: Any, **kwargs: Any) -> Any:
-    """``dag.test()`` once the DAG is serialized in the metadata DB, as the DAG processor would write it.
-
-    Airflow 3.3's ``dag.test()`` runs only DAGs it finds serialized, and a DAG defined in a test
-    module lives in no DAG bundle. Airflow 3.0's Task SDK DAG has no ``test()``: its scheduler DAG
-    runs it, as ``airflow dags test`` does there.
-    """
-    from airflow.dag_processing.bundles.manager import DagBundlesManager
-    from airflow.dag_processing.collection import update_dag_parsing_results_in_db
-    from airflow.serialization.serialized_objects import LazyDeserializedDAG
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        DagBundlesManager().sync_bundles_to_db(session=session)
-    if not AIRFLOW_V_3_1_PLUS:
-        from airflow.models.dag import DAG
-
-        scheduler_dag = DAG.from_sdk_dag(dag)
-        with create_session() as session:  # the DAG's row and its assets (outlets must be active)
-            DAG.bulk_write_to_db("dags-folder", None, [scheduler_dag], session=session)
-        return scheduler_dag.test(**kwargs)
-    with create_session() as session:
-        update_dag_parsing_results_in_db(
-            "dags-folder", None, [LazyDeserializedDAG.from_dag(dag)], {}, None, set(), session
-        )
-    return dag.test(**kwargs)
 
 
 def dag_bag(folder: str) -> Any:

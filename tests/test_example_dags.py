@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from airflow_provider_cartesia.testing import CartesiaSimulator
-from tests.helpers import run_dag_test
+from airflow_provider_cartesia.testing.dag_test import run_dag_test
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_DAGS = REPO_ROOT / "example_dags"

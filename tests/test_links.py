@@ -13,7 +13,8 @@ from airflow_provider_cartesia.exceptions import CartesiaInvalidIdError
 from airflow_provider_cartesia.get_provider_info import get_provider_info
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink, call_batch_url
 from airflow_provider_cartesia.testing import CartesiaSimulator
-from tests.helpers import cartesia_connection_json, run_dag_test
+from airflow_provider_cartesia.testing.dag_test import run_dag_test
+from tests.helpers import cartesia_connection_json
 
 
 def test_call_batch_url() -> None:

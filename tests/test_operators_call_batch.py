@@ -38,7 +38,8 @@ from airflow_provider_cartesia.operators.call_batch import (
     CreateCallBatchOperator,
 )
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
-from tests.helpers import SleepRecorder, cartesia_connection_json, run_dag_test
+from airflow_provider_cartesia.testing.dag_test import run_dag_test
+from tests.helpers import SleepRecorder, cartesia_connection_json
 
 BATCHES = "/agents/calls/batches"
 AGENT = "agent_1"

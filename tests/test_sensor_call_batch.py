@@ -21,9 +21,10 @@ from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipEx
 from airflow_provider_cartesia.models import CallBatch
 from airflow_provider_cartesia.sensors.call_batch import CallBatchSensor
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
+from airflow_provider_cartesia.testing.dag_test import run_dag_test
 from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 from airflow_provider_cartesia.waiting import CallBatchWaitError
-from tests.helpers import cartesia_connection_json, run_dag_test
+from tests.helpers import cartesia_connection_json
 
 TICK = 30.0
 MODES: dict[str, dict[str, Any]] = {

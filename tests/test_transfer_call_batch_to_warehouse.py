@@ -17,6 +17,7 @@ from warehouse_engines import CONN_ID, ENGINES, Engine, json_value, make_engine,
 from airflow_provider_cartesia.exceptions import CartesiaWarehouseError, CartesiaWarehouseSchemaError
 from airflow_provider_cartesia.models import CallBatch
 from airflow_provider_cartesia.testing import CartesiaSimulator
+from airflow_provider_cartesia.testing.dag_test import run_dag_test
 from airflow_provider_cartesia.transfers.call_batch_to_warehouse import (
     CallBatchToWarehouseOperator,
     batches_updated_between,
@@ -24,7 +25,6 @@ from airflow_provider_cartesia.transfers.call_batch_to_warehouse import (
     warehouse_table_asset,
 )
 from airflow_provider_cartesia.warehouse import parse_table_name
-from tests.helpers import run_dag_test
 
 METADATA = {
     "customer": 'Zoë O\'Brien "the 3rd"',

@@ -43,7 +43,9 @@ import functools
 import hashlib
 import json
 import os
+import random
 import re
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -506,8 +508,9 @@ _TRANSIENT_MYSQL_ERRORS = frozenset(
     | {"2013", "2055", "3024", "4031"}
 )
 _WRITE_CONFLICTS = frozenset({"40001", "40P01", "1213"})
-"""Deadlock and serialization failures: the whole transaction is tried again at once (with fresh rows)."""
-WRITE_CONFLICT_RETRIES = 3
+"""Deadlock and serialization failures: the whole transaction is tried again (with fresh rows)."""
+WRITE_CONFLICT_RETRIES = 8
+"""Writers that deadlocked each other part after a short random pause, longer at each try."""
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -779,7 +782,7 @@ class WarehouseWriter:
         quoted), leaving the batch's previous rows as they were. Writers of the same batch and table
         wait for each other (PostgreSQL: an advisory lock for the transaction; MySQL/MariaDB: a named
         lock; SQLite: its write lock). Given a callable that makes the rows, a deadlock or
-        serialization failure is tried again at once, up to :data:`WRITE_CONFLICT_RETRIES` times.
+        serialization failure is tried again after a short random pause, up to :data:`WRITE_CONFLICT_RETRIES` times.
         """
         tries = 1 + (WRITE_CONFLICT_RETRIES if callable(rows) else 0)
         attempt = 1
@@ -798,6 +801,7 @@ class WarehouseWriter:
                     attempt,
                     tries - 1,
                 )
+                time.sleep(random.uniform(0, 0.05 * attempt))
                 attempt += 1
 
     def _replace_once(self, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:

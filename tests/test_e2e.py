@@ -166,6 +166,17 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
     wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=60, interval=0.5)
 
 
+def _run_logs(deployment: Deployment, dag_id: str, run_id: str | None = None) -> str:
+    """Every task and trigger log of the run (of the DAG, without a run id) and the services' last lines,
+    whole, for a failure message: the test's tmp_path does not outlive other pytest sessions for long."""
+    folder = deployment.airflow_home / "logs" / f"dag_id={dag_id}"
+    if run_id is not None:
+        folder = folder / f"run_id={run_id}"
+    parts = [deployment.processes.describe()]
+    parts += [f"--- {log}\n{tail(log, 400)}" for log in sorted(folder.glob("**/*.log*"))]
+    return "\n".join(parts)
+
+
 def _triggerer_job_ids(metadata_uri: str) -> set[int]:
     import psycopg
 
@@ -197,13 +208,13 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
         run = wait_for(f"run {run_id} to finish", finished, timeout=120, interval=0.3)
         tis = api.task_instances(DAG_ID, run_id)
     except BaseException:
-        print(deployment.processes.describe(), file=sys.stderr)
-        for log in sorted(deployment.airflow_home.glob("logs/dag_id=*/**/*.log*")):
-            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        print(_run_logs(deployment, DAG_ID), file=sys.stderr)
         raise
 
     task_states = {task_id: ti["state"] for task_id, ti in tis.items()}
-    assert run["state"] == "success", f"run {run_id} ended {run['state']}; tasks: {task_states}"
+    assert run["state"] == "success", (
+        f"run {run_id} ended {run['state']}; tasks: {task_states}\n{_run_logs(deployment, DAG_ID, run_id)}"
+    )
     assert task_states == {SENSOR_TASK: "success", EXPORT_TASK: "success"}
 
     # The sensor deferred: seen in state `deferred`, and its attempt has a trigger log.
@@ -255,12 +266,14 @@ def test_a_settled_batch_starts_its_export_through_an_asset_event(deployment: De
         run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=180, interval=0.5)
         tis = api.task_instances(EVENT_DAG_ID, str(run["dag_run_id"]))
     except BaseException:
-        print(deployment.processes.describe(), file=sys.stderr)
-        for log in sorted(deployment.airflow_home.glob("logs/**/*.log*")):
-            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        print(_run_logs(deployment, EVENT_DAG_ID), file=sys.stderr)
         raise
 
-    assert run["state"] == "success", (run, {k: ti["state"] for k, ti in tis.items()})
+    assert run["state"] == "success", (
+        run,
+        {k: ti["state"] for k, ti in tis.items()},
+        _run_logs(deployment, EVENT_DAG_ID, str(run["dag_run_id"])),
+    )
     assert run["run_type"] == "asset_triggered", run
     assert not (run.get("conf") or {}).get("batch_id")  # the id came from the event, not from a person
     events = [e for e in api.asset_events() if e["asset_id"] is not None]

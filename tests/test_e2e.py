@@ -213,7 +213,8 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
 
     task_states = {task_id: ti["state"] for task_id, ti in tis.items()}
     assert run["state"] == "success", (
-        f"run {run_id} ended {run['state']}; tasks: {task_states}\n{_run_logs(deployment, DAG_ID, run_id)}"
+        f"run {run_id} ended {run['state']}; tasks: {task_states}; sensor states seen: {sensor_states}\n"
+        f"{_run_logs(deployment, DAG_ID, run_id)}"
     )
     assert task_states == {SENSOR_TASK: "success", EXPORT_TASK: "success"}
 

@@ -88,7 +88,7 @@ def _start_simulator(processes: Processes, env: dict[str, str], port: int, api_k
         match = re.search(r"Seeded batch: (acb_\w+)", service.log_path.read_text())
         return match.group(1) if match else None
 
-    return wait_for("the simulator to start", seeded, timeout=20)
+    return wait_for("the simulator to start", seeded, timeout=60)
 
 
 @pytest.fixture
@@ -121,7 +121,7 @@ def deployment(postgres_uri: str, tmp_path: Path) -> Iterator[Deployment]:
         )
         try:
             migrate = subprocess.run(
-                [AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+                [AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
             )
             assert migrate.returncode == 0, (
                 f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
@@ -153,7 +153,7 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
         processes.check_alive()
         return needed <= api.healthy_components()
 
-    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=90, interval=0.5)
+    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=240, interval=0.5)
     api.login()
 
     def parsed() -> bool:
@@ -163,7 +163,7 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
             raise AssertionError(f"import errors in example_dags: {errors}")
         return api.dag(dag_id) is not None
 
-    wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=60, interval=0.5)
+    wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=180, interval=0.5)
 
 
 def _run_logs(deployment: Deployment, dag_id: str, run_id: str | None = None) -> str:
@@ -205,7 +205,7 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
             run = api.dag_run(DAG_ID, run_id)
             return run if run["state"] in TERMINAL_RUN_STATES else None
 
-        run = wait_for(f"run {run_id} to finish", finished, timeout=120, interval=0.3)
+        run = wait_for(f"run {run_id} to finish", finished, timeout=300, interval=0.3)
         tis = api.task_instances(DAG_ID, run_id)
     except BaseException:
         print(_run_logs(deployment, DAG_ID), file=sys.stderr)
@@ -217,6 +217,8 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
         f"{_run_logs(deployment, DAG_ID, run_id)}"
     )
     assert task_states == {SENSOR_TASK: "success", EXPORT_TASK: "success"}
+    # On the first try: the generous waits above leave room for a retry, which would hide a failure.
+    assert {task_id: ti["try_number"] for task_id, ti in tis.items()} == {SENSOR_TASK: 1, EXPORT_TASK: 1}
 
     # The sensor deferred: seen in state `deferred`, and its attempt has a trigger log.
     assert "deferred" in sensor_states, f"the sensor never deferred; states seen: {sensor_states}"
@@ -264,7 +266,7 @@ def test_a_settled_batch_starts_its_export_through_an_asset_event(deployment: De
             runs = [r for r in api.dag_runs(EVENT_DAG_ID) if r["state"] in TERMINAL_RUN_STATES]
             return runs[0] if runs else None
 
-        run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=180, interval=0.5)
+        run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=300, interval=0.5)
         tis = api.task_instances(EVENT_DAG_ID, str(run["dag_run_id"]))
     except BaseException:
         print(_run_logs(deployment, EVENT_DAG_ID), file=sys.stderr)

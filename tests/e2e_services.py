@@ -319,7 +319,7 @@ class AirflowApi:
     base_url: str
     username: str
     password: str
-    timeout: float = 10.0
+    timeout: float = 30.0  # one REST call to an api-server sharing a busy machine
     _session: requests.Session = field(default_factory=requests.Session)
 
     def healthy_components(self) -> set[str]:

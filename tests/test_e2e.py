@@ -89,7 +89,7 @@ def _start_simulator(processes: Processes, env: dict[str, str], port: int, api_k
         match = re.search(r"Seeded batch: (acb_\w+)", service.log_path.read_text())
         return match.group(1) if match else None
 
-    return wait_for("the simulator to start", seeded, timeout=20)
+    return wait_for("the simulator to start", seeded, timeout=60)
 
 
 @pytest.fixture
@@ -122,7 +122,7 @@ def deployment(postgres_uri: str, tmp_path: Path) -> Iterator[Deployment]:
         )
         try:
             migrate = subprocess.run(
-                [AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=120
+                [AIRFLOW, "db", "migrate"], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300
             )
             assert migrate.returncode == 0, (
                 f"airflow db migrate failed:\n{migrate.stdout[-3000:]}\n{migrate.stderr[-3000:]}"
@@ -154,7 +154,7 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
         processes.check_alive()
         return needed <= api.healthy_components()
 
-    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=90, interval=0.5)
+    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=240, interval=0.5)
     api.login()
 
     def parsed() -> bool:
@@ -164,7 +164,18 @@ def _wait_until_ready(deployment: Deployment, dag_id: str = DAG_ID) -> None:
             raise AssertionError(f"import errors in example_dags: {errors}")
         return api.dag(dag_id) is not None
 
-    wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=60, interval=0.5)
+    wait_for(f"the dag-processor to parse {dag_id}", parsed, timeout=180, interval=0.5)
+
+
+def _run_logs(deployment: Deployment, dag_id: str, run_id: str | None = None) -> str:
+    """Every task and trigger log of the run (of the DAG, without a run id) and the services' last lines,
+    whole, for a failure message: the test's tmp_path does not outlive other pytest sessions for long."""
+    folder = deployment.airflow_home / "logs" / f"dag_id={dag_id}"
+    if run_id is not None:
+        folder = folder / f"run_id={run_id}"
+    parts = [deployment.processes.describe()]
+    parts += [f"--- {log}\n{tail(log, 400)}" for log in sorted(folder.glob("**/*.log*"))]
+    return "\n".join(parts)
 
 
 def _triggerer_job_ids(metadata_uri: str) -> set[int]:
@@ -195,17 +206,20 @@ def test_wait_and_export_on_separate_airflow_services(deployment: Deployment) ->
             run = api.dag_run(DAG_ID, run_id)
             return run if run["state"] in TERMINAL_RUN_STATES else None
 
-        run = wait_for(f"run {run_id} to finish", finished, timeout=120, interval=0.3)
+        run = wait_for(f"run {run_id} to finish", finished, timeout=300, interval=0.3)
         tis = api.task_instances(DAG_ID, run_id)
     except BaseException:
-        print(deployment.processes.describe(), file=sys.stderr)
-        for log in sorted(deployment.airflow_home.glob("logs/dag_id=*/**/*.log*")):
-            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        print(_run_logs(deployment, DAG_ID), file=sys.stderr)
         raise
 
     task_states = {task_id: ti["state"] for task_id, ti in tis.items()}
-    assert run["state"] == "success", f"run {run_id} ended {run['state']}; tasks: {task_states}"
+    assert run["state"] == "success", (
+        f"run {run_id} ended {run['state']}; tasks: {task_states}; sensor states seen: {sensor_states}\n"
+        f"{_run_logs(deployment, DAG_ID, run_id)}"
+    )
     assert task_states == {SENSOR_TASK: "success", EXPORT_TASK: "success"}
+    # On the first try: the generous waits above leave room for a retry, which would hide a failure.
+    assert {task_id: ti["try_number"] for task_id, ti in tis.items()} == {SENSOR_TASK: 1, EXPORT_TASK: 1}
 
     # The sensor deferred: seen in state `deferred`, and its attempt has a trigger log.
     assert "deferred" in sensor_states, f"the sensor never deferred; states seen: {sensor_states}"
@@ -253,15 +267,17 @@ def test_a_settled_batch_starts_its_export_through_an_asset_event(deployment: De
             runs = [r for r in api.dag_runs(EVENT_DAG_ID) if r["state"] in TERMINAL_RUN_STATES]
             return runs[0] if runs else None
 
-        run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=180, interval=0.5)
+        run = wait_for(f"a run of {EVENT_DAG_ID} to finish", exported, timeout=300, interval=0.5)
         tis = api.task_instances(EVENT_DAG_ID, str(run["dag_run_id"]))
     except BaseException:
-        print(deployment.processes.describe(), file=sys.stderr)
-        for log in sorted(deployment.airflow_home.glob("logs/**/*.log*")):
-            print(f"--- {log}\n{tail(log, 60)}", file=sys.stderr)
+        print(_run_logs(deployment, EVENT_DAG_ID), file=sys.stderr)
         raise
 
-    assert run["state"] == "success", (run, {k: ti["state"] for k, ti in tis.items()})
+    assert run["state"] == "success", (
+        run,
+        {k: ti["state"] for k, ti in tis.items()},
+        _run_logs(deployment, EVENT_DAG_ID, str(run["dag_run_id"])),
+    )
     assert run["run_type"] == "asset_triggered", run
     assert not (run.get("conf") or {}).get("batch_id")  # the id came from the event, not from a person
     events = [e for e in api.asset_events() if e["asset_id"] is not None]

@@ -227,13 +227,13 @@ def _wait_until_ready(deployment: CeleryDeployment) -> None:
         processes.check_alive()
         return needed <= api.healthy_components()
 
-    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=120, interval=0.5)
+    wait_for(f"{', '.join(sorted(needed))} to report healthy", healthy, timeout=240, interval=0.5)
 
     def workers_ready() -> bool:
         processes.check_alive()
         return all(f"{name} ready." in w.log_path.read_text(errors="replace") for name, w in deployment.workers.items())
 
-    wait_for("both Celery workers to be ready", workers_ready, timeout=120, interval=0.5)
+    wait_for("both Celery workers to be ready", workers_ready, timeout=240, interval=0.5)
     api.login()
 
     def parsed() -> bool:
@@ -243,7 +243,7 @@ def _wait_until_ready(deployment: CeleryDeployment) -> None:
             raise AssertionError(f"import errors in example_dags: {errors}")
         return api.dag(DAG_ID) is not None
 
-    wait_for(f"the dag-processor to parse {DAG_ID}", parsed, timeout=90, interval=0.5)
+    wait_for(f"the dag-processor to parse {DAG_ID}", parsed, timeout=180, interval=0.5)
 
 
 def _stored_triggers(dsn: str) -> dict[int, tuple[str, str]]:

@@ -31,6 +31,9 @@ from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
 from tests.helpers import SleepRecorder, cartesia_connection_json
 
 BATCH_ROUTE = "/agents/calls/batches/*"
+HELD = 60.0  # a fault delay no client timeout here outlasts; the next reset cuts the request short
+GENEROUS_TIMEOUT = 30.0  # for an answer that must arrive in time, also on a busy machine (costs nothing)
+RETRIED_TIMEOUT = 5.0  # both tries of one hook: the held one costs this wait (2 s was missed under load)
 RECIPIENTS = [{"to_number": "+14155550100", "metadata": {"customer": "Zoë", "tier": 2}}]
 
 
@@ -308,16 +311,22 @@ def test_max_retries_comes_from_the_connection(
 
 
 def test_read_timeout_is_retried_then_reported(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str):
+    # A held request (HELD s, cut short when the simulator resets) times out whatever the load; an
+    # answer that must come in time gets a timeout a busy machine meets.
     batch_id = cartesia_simulator.seed_batch(recipients=1)
+    hook = CartesiaHook(cartesia_conn_id, timeout=RETRIED_TIMEOUT, max_retries=1)
+    hook._sleep = SleepRecorder()
+    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=HELD), times=1)
+    assert hook.get_call_batch(batch_id).id == batch_id  # the second try is answered
+    assert cartesia_simulator.count("GET", BATCH_ROUTE) == 2
+
     hook = CartesiaHook(cartesia_conn_id, timeout=0.2, max_retries=1)
     hook._sleep = SleepRecorder()
-    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=1.0), times=1)
-    assert hook.get_call_batch(batch_id).id == batch_id  # the second try is answered at once
-
-    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=1.0), times=2)
+    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=HELD), times=2)
     with pytest.raises(CartesiaTransportError, match=r"no response within the 0.2 s read timeout") as info:
         hook.get_call_batch(batch_id)
     assert info.value.status_code is None and info.value.sent
+    assert cartesia_simulator.count("GET", BATCH_ROUTE) == 4
 
 
 def test_dropped_connection_on_a_read_is_retried(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
@@ -668,9 +677,10 @@ def test_async_client_errors_are_not_retried(
 
 def test_async_timeout_and_malformed_body(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str):
     hook = CartesiaHook(cartesia_conn_id, timeout=0.2, max_retries=0)
-    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=1.0))
+    cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(delay=HELD))
     with pytest.raises(CartesiaTransportError, match="read timeout"):
         asyncio.run(hook.aget_call_batch("acb_1"))
+    hook = CartesiaHook(cartesia_conn_id, timeout=GENEROUS_TIMEOUT, max_retries=0)
     batch_id = cartesia_simulator.seed_batch(recipients=2)
     cartesia_simulator.inject("GET", BATCH_ROUTE, Fault(malformed_json=True))
     with pytest.raises(CartesiaResponseError, match="not valid JSON"):

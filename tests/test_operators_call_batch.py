@@ -768,11 +768,14 @@ def test_dag_test_worker_dies_mid_create_and_the_retry_adopts_the_batch(
     airflow_db: None, cartesia_conn_id: str, cartesia_simulator: CartesiaSimulator
 ) -> None:
     """Try 1 is killed (execution_timeout) while its create is in flight; Cartesia creates the batch and
-    the answer never arrives. Try 2 starts after retry_delay, finds the batch and adopts it."""
+    the answer never arrives. Try 2 starts after retry_delay, finds the batch and adopts it.
+
+    Margins a busy machine keeps: the create reaches the simulator within the 2 s timeout, is held
+    1 s past it, and is created 2 s (less the time it took to arrive) before try 2 looks."""
     sim = cartesia_simulator
-    sim.inject("POST", BATCHES, Fault(delay=1.5, drop_after_processing=True))
+    sim.inject("POST", BATCHES, Fault(delay=3.0, drop_after_processing=True))
     dag = _dag(
-        "cartesia_create_retry", retries=1, retry_delay=timedelta(seconds=2), execution_timeout=timedelta(seconds=0.5)
+        "cartesia_create_retry", retries=1, retry_delay=timedelta(seconds=3), execution_timeout=timedelta(seconds=2)
     )
 
     ti = _ti(run_dag_test(dag, run_after=sim.clock.now() - timedelta(minutes=1)))

@@ -19,8 +19,14 @@ PHONE = "+14155550123"
 KEY_FRAGMENT = "sk_car_"
 
 
-def _error_paths(sim: CartesiaSimulator, hook: CartesiaHook) -> list[tuple[str, Callable[[], Any]]]:
+def _error_paths(
+    sim: CartesiaSimulator, hook: CartesiaHook, impatient: CartesiaHook
+) -> list[tuple[str, Callable[[], Any]]]:
+    """Each path consumes exactly the faults it injects (``tries``: every attempt of a retried read),
+    so no fault spills into the next path. ``impatient`` has a short read timeout; the others' answers
+    arrive in time on a busy machine too."""
     route = "/agents/calls/batches/*"
+    tries = hook.settings.max_retries + 1
 
     def fault(f: Fault, call: Callable[[], Any], times: int = 1, path: str = route) -> Callable[[], Any]:
         def run() -> Any:
@@ -41,18 +47,18 @@ def _error_paths(sim: CartesiaSimulator, hook: CartesiaHook) -> list[tuple[str, 
     return [
         ("401 json", fault(Fault(status=401), lambda: hook.get_call_batch("acb_1"))),
         ("404", lambda: hook.get_call_batch("acb_missing")),
-        ("429 exhausted", fault(Fault.rate_limited("1"), lambda: hook.get_call_batch("acb_1"), times=20)),
-        ("500 exhausted", fault(Fault.server_error(500), lambda: hook.get_call_batch("acb_1"), times=20)),
-        ("html 502", fault(Fault.html(502), lambda: hook.get_call_batch("acb_1"), times=20)),
-        ("drop", fault(Fault(drop=True), lambda: hook.get_call_batch("acb_1"), times=20)),
-        ("timeout", fault(Fault(delay=0.5), lambda: hook.get_call_batch("acb_1"), times=20)),
+        ("429 exhausted", fault(Fault.rate_limited("1"), lambda: hook.get_call_batch("acb_1"), times=tries)),
+        ("500 exhausted", fault(Fault.server_error(500), lambda: hook.get_call_batch("acb_1"), times=tries)),
+        ("html 502", fault(Fault.html(502), lambda: hook.get_call_batch("acb_1"), times=tries)),
+        ("drop", fault(Fault(drop=True), lambda: hook.get_call_batch("acb_1"), times=tries)),
+        ("timeout", fault(Fault(delay=60.0), lambda: impatient.get_call_batch("acb_1"), times=tries)),
         ("malformed", fault(Fault(malformed_json=True), lambda: hook.get_call_batch("acb_1"))),
         ("echoed key", echo_key_body),
         ("invalid number", lambda: create([{"to_number": PHONE.lstrip("+")}])),
         ("create dropped", lambda: (sim.inject("POST", "/agents/calls/batches", Fault(drop=True)), create())),
         ("bad id", lambda: hook.get_call_batch(f"../{PHONE}")),
         ("async 401", fault(Fault(status=401), lambda: asyncio.run(hook.aget_call_batch("acb_1")))),
-        ("async drop", fault(Fault(drop=True), lambda: asyncio.run(hook.aget_call_batch("acb_1")), times=20)),
+        ("async drop", fault(Fault(drop=True), lambda: asyncio.run(hook.aget_call_batch("acb_1")), times=tries)),
         ("test_connection", fault(Fault(status=401), hook.test_connection, path="/agents/calls/batches")),
     ]
 
@@ -63,15 +69,17 @@ def test_no_key_or_phone_number_in_logs_or_exceptions(
     caplog: pytest.LogCaptureFixture,
     capsys: pytest.CaptureFixture[str],
 ):
-    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_S", cartesia_connection_json(cartesia_simulator, timeout=0.2))
-    hook = CartesiaHook("cartesia_s")
+    monkeypatch.setenv("AIRFLOW_CONN_CARTESIA_S", cartesia_connection_json(cartesia_simulator))
+    hook, impatient = CartesiaHook("cartesia_s"), CartesiaHook("cartesia_s", timeout=0.2)
     sleeps = SleepRecorder()
-    hook._sleep, hook._asleep = sleeps, sleeps.asleep
+    for each in (hook, impatient):
+        each._sleep, each._asleep = sleeps, sleeps.asleep
     caplog.set_level(logging.DEBUG)
 
     texts: list[str] = []
     raised = 0
-    for name, path in _error_paths(cartesia_simulator, hook):
+    spilled: dict[str, int] = {}
+    for name, path in _error_paths(cartesia_simulator, hook, impatient):
         try:
             result = path()
         except Exception as exc:
@@ -80,10 +88,13 @@ def test_no_key_or_phone_number_in_logs_or_exceptions(
             texts.append("".join(traceback.format_exception(exc)))
         else:
             texts.append(f"{name}: {result!r}")
+        if cartesia_simulator.pending_faults():
+            spilled[name] = cartesia_simulator.pending_faults()
     out, err = capsys.readouterr()
     texts += [out, err, caplog.text, *(json.dumps(r.__dict__, default=str) for r in caplog.records)]
     everything = "\n".join(texts)
 
+    assert not spilled, f"faults left for the next path: {spilled}"
     assert raised >= 13, "the error paths must really fail"
     assert len(caplog.records) + out.count("\n") + err.count("\n") > 0, "logs were captured"
     assert "Retrying in" in everything, "retry warnings were logged and inspected"

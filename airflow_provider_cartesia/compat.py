@@ -16,6 +16,9 @@ fail/skip/timeout/not-found                                task runner catches t
 ``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
 ============================  ===========================  ==============================
 
+A trigger's ``asset_state_store`` (where an event trigger keeps its watermark) is 3.3's; earlier
+releases have no such attribute, and ``asset_state_store(trigger)`` gives ``None`` there.
+
 On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
 thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 3.1.0's
 ``aget_connection`` fails outside Airflow's own processes (``dag.test()``, a script: no supervisor
@@ -115,6 +118,11 @@ def _base_hook() -> type:
     return BaseHook30
 
 
+def asset_state_store(trigger: Any) -> Any | None:
+    """The trigger's asset state store (Airflow 3.3); ``None`` before 3.3 or when the triggerer set none."""
+    return getattr(trigger, "asset_state_store", None)
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_1_PLUS",
@@ -127,5 +135,6 @@ __all__ = [
     "BaseHook",
     "CronTriggerTimetable",
     "TaskDeferred",
+    "asset_state_store",
     "conf",
 ]

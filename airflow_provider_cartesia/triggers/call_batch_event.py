@@ -240,7 +240,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
         store = asset_state_store(self)
         if store is not None:
             try:
-                stored = _parse(await store.aget(WATERMARK_KEY))  # type: ignore[arg-type]
+                stored = _parse(await store.aget(WATERMARK_KEY))
             except (ValueError, TypeError, KeyError) as exc:
                 self.log.warning("Could not read the watermark from the asset's state store: %s", exc)
         candidates = [w for w in (self.since, stored) if w is not None]

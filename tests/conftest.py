@@ -79,9 +79,9 @@ KNOWN_AIRFLOW_GAPS: dict[str, tuple[tuple[str, ...], str, bool]] = {
         True,
     ),
     "tests/test_provider_info.py::test_the_ui_test_button_route_and_its_port_0_refusal": (
-        ("3.0", "3.2"),
+        ("3.0", "3.1", "3.2"),
         "the connection test route has no stored-port check (3.3 added the refusal this test documents): "
-        "3.0 tests the posted fields as they are (a masked '***' key is tested as is), 3.2 accepts port 0",
+        "3.0 tests the posted fields as they are (a masked '***' key is tested as is), 3.1 and 3.2 accept port 0",
         True,
     ),
 }

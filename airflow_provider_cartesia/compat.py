@@ -97,6 +97,17 @@ def _base_hook() -> type:
             """
 
             @classmethod
+            def get_connection(cls, conn_id: str) -> Any:
+                try:
+                    return super().get_connection(conn_id)
+                except ImportError as exc:  # cannot import name 'SUPERVISOR_COMMS' (3.1.0)
+                    raise AirflowNotFoundException(
+                        f"Connection '{conn_id}' is not in the environment or a secrets backend, and Airflow "
+                        "3.1.0 cannot read the metadata database outside a worker or triggerer: set "
+                        f"AIRFLOW_CONN_{conn_id.upper()}, or use a later 3.1 release"
+                    ) from exc
+
+            @classmethod
             async def aget_connection(cls, conn_id: str) -> Any:
                 try:
                     return await super().aget_connection(conn_id)

@@ -16,6 +16,9 @@ fail/skip/timeout/not-found                                task runner catches t
 ``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
 ============================  ===========================  ==============================
 
+A trigger's ``asset_state_store`` (where an event trigger keeps its watermark) is 3.3's; earlier
+releases have no such attribute, and ``asset_state_store(trigger)`` gives ``None`` there.
+
 On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
 thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 3.1.0's
 ``aget_connection`` fails outside Airflow's own processes (``dag.test()``, a script: no supervisor
@@ -94,6 +97,17 @@ def _base_hook() -> type:
             """
 
             @classmethod
+            def get_connection(cls, conn_id: str) -> Any:
+                try:
+                    return super().get_connection(conn_id)
+                except ImportError as exc:  # cannot import name 'SUPERVISOR_COMMS' (3.1.0)
+                    raise AirflowNotFoundException(
+                        f"Connection '{conn_id}' is not in the environment or a secrets backend, and Airflow "
+                        "3.1.0 cannot read the metadata database outside a worker or triggerer: set "
+                        f"AIRFLOW_CONN_{conn_id.upper()}, or use a later 3.1 release"
+                    ) from exc
+
+            @classmethod
             async def aget_connection(cls, conn_id: str) -> Any:
                 try:
                     return await super().aget_connection(conn_id)
@@ -115,6 +129,11 @@ def _base_hook() -> type:
     return BaseHook30
 
 
+def asset_state_store(trigger: Any) -> Any | None:
+    """The trigger's asset state store (Airflow 3.3); ``None`` before 3.3 or when the triggerer set none."""
+    return getattr(trigger, "asset_state_store", None)
+
+
 __all__ = [
     "AIRFLOW_VERSION",
     "AIRFLOW_V_3_1_PLUS",
@@ -127,5 +146,6 @@ __all__ = [
     "BaseHook",
     "CronTriggerTimetable",
     "TaskDeferred",
+    "asset_state_store",
     "conf",
 ]

@@ -254,10 +254,12 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         self.agent_id = agent_id
         self.from_number_id = from_number_id
         self.recipients = RecipientsField(recipients) if recipients is not None else None
-        if recipients is not None:
+        if recipients is not None and not getattr(self, "_BaseOperator__from_mapped", False):
+            # Airflow does not look inside the field. A mapped task got its upstreams when it was
+            # mapped; its unmapped copy (on 3.0 in the DAG's serialized twin) must not set them again.
             from airflow.sdk import XComArg
 
-            XComArg.apply_upstream_relationship(self, recipients)  # Airflow does not look inside the field
+            XComArg.apply_upstream_relationship(self, recipients)
         self.recipients_sql = recipients_sql
         self.warehouse_conn_id = warehouse_conn_id
         self.recipients_sql_parameters = recipients_sql_parameters

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_provider_cartesia.compat import asset_state_store
 from airflow_provider_cartesia.exceptions import CartesiaError
 from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.models import CallBatch, WaitFor
@@ -236,10 +237,10 @@ class CallBatchEventTrigger(BaseEventTrigger):
     async def _load_watermark(self) -> datetime:
         """The later of ``since`` and the stored watermark; now when neither is set (and stored at once)."""
         stored = None
-        store = self.asset_state_store
+        store = asset_state_store(self)
         if store is not None:
             try:
-                stored = _parse(await store.aget(WATERMARK_KEY))  # type: ignore[arg-type]
+                stored = _parse(await store.aget(WATERMARK_KEY))
             except (ValueError, TypeError, KeyError) as exc:
                 self.log.warning("Could not read the watermark from the asset's state store: %s", exc)
         candidates = [w for w in (self.since, stored) if w is not None]
@@ -250,7 +251,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
         return now
 
     async def _save_watermark(self, since: datetime) -> None:
-        store = self.asset_state_store
+        store = asset_state_store(self)
         if store is None:
             return
         try:

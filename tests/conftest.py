@@ -157,7 +157,7 @@ def postgres_uri() -> str:
     try:
         import psycopg
 
-        with psycopg.connect(POSTGRES_URI, connect_timeout=3):
+        with psycopg.connect(POSTGRES_URI, connect_timeout=30):
             pass
     except Exception as exc:
         _server_unreachable("PostgreSQL", f"{POSTGRES_URI}: {type(exc).__name__}: {exc}".strip())
@@ -168,7 +168,7 @@ def postgres_uri() -> str:
 def mysql_uri() -> str:
     """URI of the local MariaDB/MySQL test database; skips (or fails in CI) when it is not reachable."""
     try:
-        mysql_connect(MYSQL_URI, connect_timeout=3).close()
+        mysql_connect(MYSQL_URI, connect_timeout=30).close()
     except Exception as exc:
         _server_unreachable("MariaDB", f"{MYSQL_URI}: {type(exc).__name__}: {exc}".strip())
     return MYSQL_URI

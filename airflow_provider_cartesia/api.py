@@ -28,15 +28,15 @@ from airflow_provider_cartesia.exceptions import (
     error_class_for_status,
     redact,
 )
-from airflow_provider_cartesia.get_provider_info import (
-    DEFAULT_API_VERSION,
-    DEFAULT_BASE_URL,
-    DEFAULT_DASHBOARD_URL,
-    SUPPORTED_API_VERSIONS,
-    VERSION,
-)
 from airflow_provider_cartesia.retry import DEFAULT_MAX_RETRIES, parse_retry_after, parse_should_retry
 
+VERSION = "0.1.0"
+CONN_TYPE = "cartesia"
+DEFAULT_CONN_ID = "cartesia_default"
+DEFAULT_BASE_URL = "https://api.cartesia.ai"
+DEFAULT_API_VERSION = "2026-03-01"
+SUPPORTED_API_VERSIONS = ("2026-03-01", "2026-08-14")
+DEFAULT_DASHBOARD_URL = "https://play.cartesia.ai"
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from airflow_provider_cartesia.api import (
+    CONN_TYPE,
+    DEFAULT_API_VERSION,
+    DEFAULT_BASE_URL,
+    DEFAULT_DASHBOARD_URL,
+    SUPPORTED_API_VERSIONS,
+    VERSION,
+)
+
 PACKAGE_NAME = "airflow-provider-cartesia"
-VERSION = "0.1.0"
-CONN_TYPE = "cartesia"
-DEFAULT_CONN_ID = "cartesia_default"
-DEFAULT_BASE_URL = "https://api.cartesia.ai"
-DEFAULT_API_VERSION = "2026-03-01"
-SUPPORTED_API_VERSIONS = ("2026-03-01", "2026-08-14")
-DEFAULT_DASHBOARD_URL = "https://play.cartesia.ai"
 
 _PKG = "airflow_provider_cartesia"
 

@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperatorLink
 
-from airflow_provider_cartesia.api import api_path, checked_dashboard_url
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID, api_path, checked_dashboard_url
 from airflow_provider_cartesia.exceptions import CartesiaError
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator, Context

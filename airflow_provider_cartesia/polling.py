@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict
-
-from airflow_provider_cartesia.models import CallBatch, CartesiaModel
+from airflow_provider_cartesia.models import CallBatch
 
 if TYPE_CHECKING:
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
@@ -41,24 +39,6 @@ LIST_MIN_RECIPIENTS = 100
 """A sensor poke reads the list only for batches at least this big; a smaller GET costs less than a page."""
 MAX_BACKOFF_FACTOR = 8
 """After failed rounds, the poller's interval doubles, up to this many times the usual one."""
-
-
-class RecipientStatusOnly(CartesiaModel):
-    """A recipient as a wait reads it: its status, nothing else (no number, no metadata)."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    status: str | None = None
-
-
-class CallBatchStatuses(CallBatch):
-    """A batch read to start or end a wait: every batch field, and only each recipient's status.
-
-    What the summary's ``recipient_status_counts`` needs; parsing 5,000 recipients this way takes a
-    fifth of the time of full models, and nothing personal is ever held.
-    """
-
-    recipients: list[RecipientStatusOnly] | None = None  # type: ignore[assignment]
 
 
 class ListScan:

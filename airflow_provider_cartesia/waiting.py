@@ -38,12 +38,12 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, NoReturn
 
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import AirflowException, AirflowFailException, AirflowSensorTimeout
 from airflow_provider_cartesia.exceptions import (
     CartesiaError,
     is_permanent,
 )
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY
 from airflow_provider_cartesia.models import BatchStatus, CallBatch, WaitFor, classify_batch
 

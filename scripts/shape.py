@@ -48,9 +48,9 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
             if nxt not in graph:
                 continue
             if state.get(nxt) == 1:
-                found.append(path[path.index(nxt) :] + [nxt])
+                found.append([*path[path.index(nxt) :], nxt])
             elif nxt not in state:
-                visit(nxt, path + [nxt])
+                visit(nxt, [*path, nxt])
         state[node] = 2
 
     for node in sorted(graph):
@@ -71,7 +71,9 @@ def main() -> None:
         graph[name] = imports(tree, name, path.name == "__init__.py") - {name}
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                functions.append((node.end_lineno - node.lineno + 1, f"{path.relative_to(root)}:{node.lineno} {node.name}"))
+                functions.append(
+                    (node.end_lineno - node.lineno + 1, f"{path.relative_to(root)}:{node.lineno} {node.name}")
+                )
     print(f"core lines: {total} in {len(files)} files")
     print("longest functions:")
     for length, where in sorted(functions, reverse=True)[: int(sys.argv[1]) if len(sys.argv) > 1 else 12]:

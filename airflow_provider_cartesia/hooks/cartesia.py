@@ -22,7 +22,10 @@ from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from airflow_provider_cartesia.api import (
+    CONN_TYPE,
+    DEFAULT_CONN_ID,
     READ_CHUNK_BYTES,
+    SUPPORTED_API_VERSIONS,
     ApiSettings,
     BodyReader,
     api_path,
@@ -41,19 +44,15 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaTransportError,
     redact,
 )
-from airflow_provider_cartesia.get_provider_info import (
-    CONN_TYPE,
-    DEFAULT_CONN_ID,
-    SUPPORTED_API_VERSIONS,
-)
 from airflow_provider_cartesia.models import (
     MAX_RECIPIENTS_PER_BATCH,
     AgentCall,
     AgentCallPage,
     CallBatch,
     CallBatchPage,
+    CallBatchStatuses,
 )
-from airflow_provider_cartesia.polling import MAX_LIST_PAGES, SYNC_LIST_PAGE_SIZE, CallBatchStatuses, ListScan
+from airflow_provider_cartesia.polling import MAX_LIST_PAGES, SYNC_LIST_PAGE_SIZE, ListScan
 from airflow_provider_cartesia.retry import retry_delay, should_retry
 
 if TYPE_CHECKING:

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, conf
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
 from airflow_provider_cartesia.models import WaitFor
 from airflow_provider_cartesia.waiting import (

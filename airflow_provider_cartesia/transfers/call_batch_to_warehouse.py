@@ -17,14 +17,13 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import Asset, BaseOperator
 
-from airflow_provider_cartesia.api import cyclic_gc_paused
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID, cyclic_gc_paused
 from airflow_provider_cartesia.compat import AirflowFailException
 from airflow_provider_cartesia.exceptions import (
     CartesiaError,
     CartesiaResponseError,
     is_permanent,
 )
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.rows import batch_rows, collect_call_outcomes, export_columns, status_counts
 from airflow_provider_cartesia.warehouse import TableName, parse_table_name
 

@@ -19,8 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.exceptions import CartesiaError
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.models import WaitFor
 from airflow_provider_cartesia.polling import BatchListPoller, poller_for
 from airflow_provider_cartesia.waiting import (

@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import asset_state_store
 from airflow_provider_cartesia.exceptions import CartesiaError
-from airflow_provider_cartesia.get_provider_info import DEFAULT_CONN_ID
 from airflow_provider_cartesia.models import CallBatch, WaitFor
 from airflow_provider_cartesia.polling import LIST_PAGE_SIZE, MAX_BACKOFF_FACTOR, MAX_LIST_PAGES
 from airflow_provider_cartesia.waiting import DEFAULT_FAILURE_STATUSES, DEFAULT_SUCCESS_STATUSES, WaitCriteria, is_fatal

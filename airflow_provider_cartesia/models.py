@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Collection
-from datetime import datetime
-from typing import Any, Literal
+from datetime import datetime, timezone
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 class BatchStatus:
@@ -62,6 +62,34 @@ MAX_RECIPIENTS_PER_BATCH = 5000
 
 WaitFor = Literal["finished", "dispatched"]
 BatchOutcome = Literal["waiting", "success", "failure"]
+
+
+def utc(value: datetime) -> datetime:
+    """``value`` in UTC; a naive datetime is taken to be UTC (the API always sends an offset)."""
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+def aware_datetime(value: Any, name: str) -> datetime | None:
+    """A user-given date-time (a datetime or RFC 3339 text) as aware UTC; None or '' is None.
+
+    Raises ``ValueError`` naming ``name`` for text that is not a date-time or one without an offset.
+    """
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise ValueError(f"{name} {value!r} is not an RFC 3339 date-time (e.g. 2026-06-15T16:00:00Z)") from None
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be a datetime or RFC 3339 text, got a {type(value).__name__}")
+    if value.utcoffset() is None:
+        raise ValueError(f"{name} {value.isoformat()} has no time zone; give an offset such as Z or +02:00")
+    return value.astimezone(timezone.utc)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(utc)]
+"""A datetime field of an API object: always aware, in UTC."""
 
 
 class CartesiaModel(BaseModel):

@@ -535,6 +535,17 @@ class CartesiaHook(BaseHook):
         return True, f"Connected to Cartesia at {settings.base_url} (API version {settings.api_version})."
 
 
+class CartesiaHookMixin:
+    """The lazily built :class:`CartesiaHook` of an operator, sensor or trigger with a ``cartesia_conn_id``."""
+
+    cartesia_conn_id: str = DEFAULT_CONN_ID
+
+    @cached_property
+    def hook(self) -> CartesiaHook:
+        """Built on first use: the connection is looked up when the task runs, not when the DAG is parsed."""
+        return CartesiaHook(self.cartesia_conn_id)
+
+
 def _urllib3_reason(exc: BaseException) -> BaseException | None:
     """The urllib3 error behind a requests exception (requests wraps it in a ``MaxRetryError``)."""
     reason = getattr(exc.args[0], "reason", None) if exc.args else None

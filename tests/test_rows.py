@@ -17,7 +17,6 @@ from airflow_provider_cartesia.rows import (
     batch_rows,
     collect_call_outcomes,
     export_columns,
-    status_counts,
 )
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -175,16 +174,6 @@ def test_a_redacted_latest_call_still_counts_once_and_transcripts_on_request() -
 def test_transcript_column_needs_calls() -> None:
     with pytest.raises(ValueError, match="calls"):
         list(batch_rows(batch(), exported_at=EXPORTED, adapt_time=lambda d: d, include_transcript=True))
-
-
-def test_status_counts() -> None:
-    b = batch(
-        recipient("r1", "+1", end_reason="agent_hangup"),
-        recipient("r2", "+2", end_reason="agent_hangup"),
-        recipient("r3", "+3", status="queued"),
-        recipient("r4", "+4", status=None),
-    )
-    assert status_counts(b) == ({"completed": 2, "queued": 1, "none": 1}, {"agent_hangup": 2, "none": 2})
 
 
 def recipients_of(items: list[dict]) -> list:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import importlib.util
 import os
 import random
 import re
@@ -23,7 +23,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaWarehouseError, CartesiaWarehouseSchemaError
-from airflow_provider_cartesia.rows import PRIMARY_KEY, Column, ColumnKind, json_text
+from airflow_provider_cartesia.rows import PRIMARY_KEY, Column, ColumnKind
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -75,8 +75,8 @@ class EngineProfile:
     adapt_time: Callable[[datetime], Any]
     """An aware UTC datetime as the driver should receive it for a timestamp column."""
     fold: Callable[[str], str] | None = None
-    """The engine's folding of unquoted names: then every name is folded and quoted in the dialect's format, so
-    any word works and quoting changes no name. None (case rules unknown): only reserved words are quoted."""
+    """The engine's folding of unquoted names: every name is folded, then quoted (any word works, no name
+    changes). None, case rules unknown: only reserved words are quoted."""
     create_if_not_exists: bool = True
     table_options: str = ""
     """Appended to CREATE TABLE (MySQL: a transactional engine and the character set)."""
@@ -195,12 +195,7 @@ def is_sqlite_connection(conn_type: str | None, host: str | None, port: int | No
 
 
 def _sqlite_provider_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("airflow.providers.sqlite.hooks.sqlite") is not None
-    except ModuleNotFoundError:
-        return False
+    return importlib.util.find_spec("airflow.providers.sqlite") is not None
 
 
 @cache
@@ -379,11 +374,8 @@ def _standard_reserved_words() -> frozenset[str]:
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
-    """``(kind, code, details)`` of a driver error, from fields that never hold row values.
-
-    ``kind`` is the exception class; ``code`` the SQLSTATE (psycopg), error number (MySQL drivers) or
-    SQLite error name; ``details`` the constraint, column or table psycopg's diagnostics name.
-    """
+    """``(exception class, SQLSTATE / MySQL error number / SQLite error name, psycopg's diagnostics)`` of a
+    driver error: fields that never hold row values."""
     kind = type(exc).__name__
     code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or getattr(exc, "sqlite_errorname", None)
     if exc.args and isinstance(exc.args[0], int):  # MySQL drivers: the error number says more than its SQLSTATE
@@ -415,10 +407,7 @@ WRITE_CONFLICT_RETRIES = 8
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
-    """Whether a database error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply.
-
-    Anything else needs a change first; errors of drivers not recognized here count as lasting.
-    """
+    """Whether a database error may pass by itself (a lock, a timeout, a lost connection; unknown drivers: no)."""
     _, code, _ = describe_db_error(exc)
     if code is not None:
         if code.startswith("SQLITE_"):
@@ -430,10 +419,8 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 
 def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = "") -> CartesiaWarehouseError:
-    """A failure of DDL or of reading the table's shape (no row values involved, so the message is kept).
-
-    Transient: a :class:`CartesiaWarehouseError` the task's retries apply to; else a schema error.
-    """
+    """A failure of DDL or of reading the table's shape: transient, or a schema error (no row value involved,
+    so the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
     what = f"{kind}{f' {code}' if code else ''}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
     if is_transient_db_error(exc):
@@ -454,22 +441,18 @@ def _write_error(
 ) -> CartesiaWarehouseError:
     kind, code, details = describe_db_error(exc)
     what = kind + (f" {code}" if code else "") + (f" ({details})" if details else "")
-    if during_commit:
-        kept = (
-            "the commit's outcome is unknown, so the table holds either the batch's previous rows or all its "
-            "new ones, never a mix; run the export again"
-        )
-    else:
-        kept = f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
-        kept += "rows are intact"
-    retries = (
-        " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
-        if is_transient_db_error(exc)
-        else ""
+    kept = (
+        "the commit's outcome is unknown, so the table holds either the batch's previous rows or all its new ones, "
+        "never a mix; run the export again"
+        if during_commit
+        else f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
+        "rows are intact"
     )
+    transient = is_transient_db_error(exc)
+    retries = " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
     return CartesiaWarehouseError(
         f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
-        f"not shown because it may quote row values (phone numbers, metadata).{retries}",
+        f"not shown because it may quote row values (phone numbers, metadata).{retries * transient}",
         table=str(table),
         batch_id=batch_id,
         kind=kind,
@@ -482,12 +465,6 @@ def _write_error(
 
 class WarehouseWriter:
     """Writes export rows, batch by batch, over one DB-API connection (a context manager).
-
-    ::
-
-        with WarehouseWriter(hook, "analytics.cartesia_recipients", columns) as writer:
-            writer.ensure_table(create=True)
-            writer.replace_batch("acb_1", rows)  # one transaction
 
     :param hook: the warehouse's DB-API hook (see :func:`get_warehouse_hook`).
     :param table: ``table`` or ``schema.table`` (a :class:`TableName` or text to validate).
@@ -560,10 +537,7 @@ class WarehouseWriter:
         """Column names and rows of a read-only query; the transaction it opened is rolled back."""
         cur = self.connection.cursor()
         try:
-            if params:
-                cur.execute(sql, params)
-            else:
-                cur.execute(sql)
+            cur.execute(sql, params)
             return [str(d[0]) for d in cur.description or ()], cur.fetchall()
         finally:
             _close_quietly(cur)
@@ -574,14 +548,10 @@ class WarehouseWriter:
         return self._query(self.table.probe_sql())[0]
 
     def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
-        """Make sure the table exists with every export column; returns the columns it added.
+        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``).
 
-        :param create: create the table (with its primary key) when it does not exist.
-        :param add_missing_columns: add missing export columns to an existing table instead of failing.
-        :raises CartesiaWarehouseSchemaError: the table is missing (and ``create`` is off), cannot be
-            created, lacks columns (and ``add_missing_columns`` is off), or has a storage engine without
-            transactions (MySQL/MariaDB).
-        :raises CartesiaWarehouseError: a transient database error; a later try may succeed.
+        Returns the columns added. A transient database error raises :class:`CartesiaWarehouseError`; anything
+        else a :class:`CartesiaWarehouseSchemaError` that says what to change.
         """
         name = self.table.name
         try:
@@ -655,13 +625,8 @@ class WarehouseWriter:
     def replace_batch(
         self, batch_id: str, rows: Iterable[Sequence[Any]] | Callable[[], Iterable[Sequence[Any]]]
     ) -> int:
-        """Replace every row of ``batch_id`` by ``rows`` in one transaction; returns the rows written.
-
-        On any error the transaction is rolled back and :class:`CartesiaWarehouseError` raised (values
-        never quoted), the batch's previous rows intact. Writers of one batch and table wait for each
-        other. Given a callable that makes the rows, a deadlock or serialization failure is tried again
-        after a short random pause, up to :data:`WRITE_CONFLICT_RETRIES` times.
-        """
+        """Replace every row of ``batch_id`` by ``rows`` in one transaction (rolled back on any error); returns
+        the rows written. Given a callable that makes the rows, a deadlock is tried again after a short pause."""
         tries = 1 + (WRITE_CONFLICT_RETRIES if callable(rows) else 0)
         attempt = 1
         while True:
@@ -773,6 +738,7 @@ def _close_quietly(cur: Any) -> None:
 
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
+_JSON_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000 after an even run of backslashes
 NUL_REPLACEMENT = "\ufffd"
 """What U+0000 becomes where the engine cannot store it (PostgreSQL): U+FFFD, Unicode's replacement character."""
 
@@ -797,16 +763,6 @@ def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Ite
 def _nul_free_value(value: Any, is_json: bool) -> Any:
     if not isinstance(value, str):
         return value
-    if is_json and _JSON_NUL in value:
-        value = json_text(_nul_free_json(json.loads(value)))
+    if is_json:
+        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value)
     return value.replace(_NUL, NUL_REPLACEMENT)
-
-
-def _nul_free_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace(_NUL, NUL_REPLACEMENT)
-    if isinstance(value, list):
-        return [_nul_free_json(v) for v in value]
-    if isinstance(value, dict):
-        return {_nul_free_json(k): _nul_free_json(v) for k, v in value.items()}
-    return value

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from functools import partial
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -84,8 +85,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
     counts. Returns a summary: ``table``, ``batch_ids``, ``rows_written``, ``status_counts``,
     ``end_reason_counts``, ``columns_added`` and, in scheduled mode, ``window``. See docs/exporting.md.
 
-    :param warehouse_conn_id: an Airflow connection with a common-sql DB-API hook (postgres, mysql,
-        sqlite, snowflake, ...). SQLite needs no provider: the connection's host is the file's path.
+    :param warehouse_conn_id: a connection with a common-sql DB-API hook (postgres, mysql, sqlite, ...).
     :param table: ``table`` or ``schema.table`` (templated); letters, digits and ``_`` only.
     :param batch_id: one batch to export (templated).
     :param batch_ids: several batches (templated): a list, or a string ``"acb_1,acb_2"`` / ``"['acb_1']"``.
@@ -93,9 +93,8 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
     :param updated_since: start of the window, inclusive (aware datetime or ISO 8601 text; templated).
         Default: the run's ``data_interval_start``.
     :param updated_before: end of the window, exclusive. Default: the run's ``data_interval_end``.
-    :param max_batch_age: in scheduled mode, assume no batch changes more than this long after its
-        creation, so the list is read only down to ``updated_since - max_batch_age`` (default: read it
-        all; set it only if you never retry old batches).
+    :param max_batch_age: in scheduled mode, read the list only down to ``updated_since - max_batch_age``
+        (assumes no batch changes longer than that after its creation; default: read it all).
     :param include_calls: add the latest call attempt's columns (pages the batch's calls).
     :param include_transcript: add ``call_transcript`` (JSON) as well; needs ``include_calls``.
     :param create_table: create the table when it does not exist (default True).
@@ -234,15 +233,14 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         fetched = time.monotonic()
         exported_at = datetime.now(timezone.utc)
 
-        def rows() -> Iterator[tuple[Any, ...]]:  # made again if a deadlock makes the writer try again
-            return batch_rows(
-                batch,
-                exported_at=exported_at,
-                adapt_time=writer.adapt_time,
-                calls=calls,
-                include_transcript=self.include_transcript,
-            )
-
+        rows = partial(  # a callable: made again if a deadlock makes the writer try again
+            batch_rows,
+            batch,
+            exported_at=exported_at,
+            adapt_time=writer.adapt_time,
+            calls=calls,
+            include_transcript=self.include_transcript,
+        )
         written = writer.replace_batch(batch.id, rows)
         self.log.info(
             "Batch %s (%s): %s rows written in %.2f s (fetch %.2f s, write %.2f s)",
@@ -337,33 +335,23 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
 
 
 def _check_recipients(batch: CallBatch) -> None:
-    """Refuse to replace a batch's rows with an answer that contradicts itself (no recipients, a list
-    longer or shorter than ``total_calls_scheduled``, an id twice: a truncating proxy, a bug)."""
-    recipients = batch.recipients
-    path = f"/agents/calls/batches/{batch.id}"
-    scheduled = batch.total_calls_scheduled
+    """Refuse to replace a batch's rows with an answer that contradicts itself (a truncating proxy, a bug)."""
+    recipients, scheduled = batch.recipients or [], batch.total_calls_scheduled
+    repeated = len(recipients) - len({r.id for r in recipients})
     if not recipients:
-        raise CartesiaResponseError(
-            f"the batch came without its recipients ({scheduled:,} scheduled); its rows were left as they were",
-            method="GET",
-            path=path,
+        problem = f"came without its recipients ({scheduled:,} scheduled)"
+    elif "total_calls_scheduled" in batch.model_fields_set and len(recipients) != scheduled:
+        problem = (
+            f"lists {len(recipients):,} recipients but counts {scheduled:,} (total_calls_scheduled), an answer "
+            "that contradicts itself"
         )
-    counted = "total_calls_scheduled" in batch.model_fields_set
-    if counted and len(recipients) != scheduled:
-        raise CartesiaResponseError(
-            f"the batch lists {len(recipients):,} recipients but counts {scheduled:,} (total_calls_scheduled); "
-            "refusing to replace its rows with an answer that contradicts itself, so they were left as they were",
-            method="GET",
-            path=path,
-        )
-    unique = len({r.id for r in recipients})
-    if unique != len(recipients):
-        raise CartesiaResponseError(
-            f"the batch lists {len(recipients) - unique:,} recipient id(s) more than once; its rows were left as "
-            "they were",
-            method="GET",
-            path=path,
-        )
+    elif repeated:
+        problem = f"lists {repeated:,} recipient id(s) more than once"
+    else:
+        return
+    raise CartesiaResponseError(
+        f"the batch {problem}; its rows were left as they were", method="GET", path=f"/agents/calls/batches/{batch.id}"
+    )
 
 
 def _is_template(value: Any) -> bool:

@@ -89,22 +89,10 @@ def export_columns(*, include_calls: bool = False, include_transcript: bool = Fa
 
 
 @dataclass(frozen=True)
-class LatestCall:
-    """What the export keeps of a recipient's latest call attempt."""
-
-    status: str | None
-    start_time: datetime | None
-    end_time: datetime | None
-    duration_seconds: float | None
-    summary: str | None
-    transcript_json: str | None
-
-
-@dataclass(frozen=True)
 class CallOutcomes:
     """Per recipient id: its latest call (when the batch's calls hold it) and its number of call records."""
 
-    latest: Mapping[str, LatestCall]
+    latest: Mapping[str, AgentCall]
     attempts: Mapping[str, int | None]
 
 
@@ -124,20 +112,13 @@ def collect_call_outcomes(
     for r in recipients:
         if r.to_number:
             by_number.setdefault(r.to_number, []).append(r)
-    latest: dict[str, LatestCall] = {}
+    latest: dict[str, AgentCall] = {}
     counts: Counter[str] = Counter()
     ambiguous: set[str] = set()
     for call in calls:
         rid = by_call_id.get(call.id)
-        if rid is not None:
-            latest[rid] = LatestCall(
-                status=call.status,
-                start_time=call.start_time,
-                end_time=call.end_time,
-                duration_seconds=call.duration_seconds,
-                summary=call.summary,
-                transcript_json=json_text(call.transcript) if keep_transcript else None,
-            )
+        if rid is not None:  # the transcript, the call's largest part, is kept only when asked
+            latest[rid] = call if keep_transcript else call.model_copy(update={"transcript": None})
         to = (call.telephony_params or {}).get("to")
         owners = by_number.get(to) if isinstance(to, str) else None
         if not owners:
@@ -149,13 +130,8 @@ def collect_call_outcomes(
                 continue
             owners = matched
         counts[owners[0].id] += 1
-    attempts: dict[str, int | None] = {}
-    for r in recipients:
-        if r.id in ambiguous:
-            attempts[r.id] = None
-        else:
-            # A latest call that lost its number (redacted) still is one attempt.
-            attempts[r.id] = max(counts[r.id], 1 if r.id in latest else 0)
+    # A latest call that lost its number (redacted) still is one attempt.
+    attempts = {r.id: None if r.id in ambiguous else max(counts[r.id], 1 if r.id in latest else 0) for r in recipients}
     return CallOutcomes(latest=latest, attempts=attempts)
 
 
@@ -204,11 +180,11 @@ def batch_rows(
             call = calls.latest.get(r.id)
             row += _call_columns(call, calls.attempts.get(r.id, 0), adapt_time)
             if include_transcript:
-                row += (call and call.transcript_json,)
+                row += (None if call is None else json_text(call.transcript),)
         yield row
 
 
-def _call_columns(call: LatestCall | None, attempts: int | None, adapt_time: Callable[[datetime], Any]) -> tuple:
+def _call_columns(call: AgentCall | None, attempts: int | None, adapt_time: Callable[[datetime], Any]) -> tuple:
     if call is None:  # failed before dialing, or its call is not in the list
         return (None, None, None, None, None, attempts)
     start, end = call.start_time, call.end_time

@@ -123,7 +123,7 @@ def test_latest_call_per_recipient_and_attempt_counts() -> None:
     assert outcomes.attempts == {"r1": 2, "r2": 1, "r3": 0}
     assert outcomes.latest["r1"].start_time == T0 + timedelta(minutes=30)
     assert outcomes.latest["r1"].status == "completed"
-    assert outcomes.latest["r1"].transcript_json is None, "transcripts are kept only when asked"
+    assert outcomes.latest["r1"].transcript is None, "transcripts are kept only when asked"
     rows = as_dicts(list(batch_rows(b, exported_at=EXPORTED, adapt_time=lambda d: d, calls=outcomes)), NAMES[:19])
     r1, r2, r3 = rows
     assert r1["call_status"] == "completed"
@@ -161,14 +161,13 @@ def test_a_redacted_latest_call_still_counts_once_and_transcripts_on_request() -
     redacted = call("ac_1", None, 3, redacted_at=T0.isoformat())
     outcomes = collect_call_outcomes(recipients_of(recipients), [redacted], keep_transcript=True)
     assert outcomes.attempts == {"r1": 1}
-    assert json.loads(outcomes.latest["r1"].transcript_json or "") == [
-        {"role": "user", "text": "hello from ac_1 — ünïcode"}
-    ]
+    assert outcomes.latest["r1"].transcript == [{"role": "user", "text": "hello from ac_1 — ünïcode"}]
     (row,) = batch_rows(
         batch(*recipients), exported_at=EXPORTED, adapt_time=lambda d: d, calls=outcomes, include_transcript=True
     )
     assert len(row) == len(NAMES)
     assert "ünïcode" in row[-1], "JSON text is UTF-8, not ASCII-escaped"
+    assert json.loads(row[-1]) == [{"role": "user", "text": "hello from ac_1 — ünïcode"}]
 
 
 def test_transcript_column_needs_calls() -> None:

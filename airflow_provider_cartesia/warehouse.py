@@ -559,15 +559,15 @@ class WarehouseWriter:
         except Exception as exc:
             if not create or is_transient_db_error(exc):
                 raise _ddl_error(name, "read", exc, " (does it exist? set create_table=True to create it)") from None
+            create_error = None
             try:
                 self._run_ddl(self.table.create_sql(), "create")
-            except CartesiaWarehouseSchemaError:
-                if not self._exists():  # else another writer created it at the same moment (PostgreSQL races)
-                    raise
+            except CartesiaWarehouseSchemaError as error:  # or another writer created it at the same moment
+                create_error = error
             try:
                 existing = self.existing_columns()
             except Exception as exc2:
-                raise _ddl_error(name, "read the newly created", exc2) from None
+                raise create_error or _ddl_error(name, "read the newly created", exc2) from None
         self._check_storage_engine()
         have = {c.casefold() for c in existing}
         missing = [c for c in self.table.columns if c.name.casefold() not in have]
@@ -583,13 +583,6 @@ class WarehouseWriter:
         if missing:
             self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
         return [c.name for c in missing]
-
-    def _exists(self) -> bool:
-        try:
-            self.existing_columns()
-        except Exception:
-            return False
-        return True
 
     def _check_storage_engine(self) -> None:
         """MySQL/MariaDB: a table without transactions (MyISAM, Aria) would keep half a batch after a failure."""

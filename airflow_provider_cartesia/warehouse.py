@@ -422,7 +422,8 @@ def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = ""
     """A failure of DDL or of reading the table's shape: transient, or a schema error (no row value involved,
     so the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
-    what = f"{kind}{f' {code}' if code else ''}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}"
+    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
+    what = f"{kind}{f' {code}' if code else ''}: {message}"
     if is_transient_db_error(exc):
         return CartesiaWarehouseError(
             f"Could not {action} table {table} for now: {what}. This is a transient database error (a lock held "
@@ -448,11 +449,14 @@ def _write_error(
         else f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
         "rows are intact"
     )
-    transient = is_transient_db_error(exc)
-    retries = " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
+    retries = (
+        " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
+        if is_transient_db_error(exc)
+        else ""
+    )
     return CartesiaWarehouseError(
         f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
-        f"not shown because it may quote row values (phone numbers, metadata).{retries * transient}",
+        f"not shown because it may quote row values (phone numbers, metadata).{retries}",
         table=str(table),
         batch_id=batch_id,
         kind=kind,

@@ -90,7 +90,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
     :param batch_id: one batch to export (templated).
     :param batch_ids: several batches (templated): a list, or a string ``"acb_1,acb_2"`` / ``"['acb_1']"``.
     :param agent_id: in scheduled mode, only this agent's batches (templated).
-    :param updated_since: start of the window, inclusive (aware datetime or ISO 8601 text; templated).
+    :param updated_since: start of the window, inclusive (aware datetime or RFC 3339 text; templated).
         Default: the run's ``data_interval_start``.
     :param updated_before: end of the window, exclusive. Default: the run's ``data_interval_end``.
     :param max_batch_age: in scheduled mode, read the list only down to ``updated_since - max_batch_age``

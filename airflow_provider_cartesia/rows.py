@@ -1,19 +1,8 @@
 """The export row: one per ``(batch_id, recipient_id)``, its columns, and how a batch becomes rows.
 
-A row is a tuple of DB-API parameters in :func:`export_columns` order. Everything engine-specific
-stays out of here except one thing the caller passes in: how its engine takes a timestamp
-(``adapt_time``). Timestamps reach ``adapt_time`` as timezone-aware UTC datetimes; ``metadata`` and
-``call_transcript`` become compact JSON text (UTF-8, not ASCII-escaped), which every engine accepts
-for its JSON type and which reads back to the same value.
-
-With calls (``include_calls=True``) each recipient gets the columns of its *latest* call attempt,
-the call whose id is the recipient's ``agent_call_id``, and ``call_attempts``, the number of call
-records the batch holds for that recipient. The calls API has no recipient id, so earlier attempts
-are matched by destination number (``telephony_params.to``), and by ``metadata`` when two recipients
-of one batch share a number. Attempts that cannot be told apart (same number and same metadata)
-give ``call_attempts`` NULL; redacted calls carry no number and are counted only when they are the
-latest. A recipient that failed before dialing has no call record: its call columns are NULL and
-``call_attempts`` is 0.
+A row is a tuple of DB-API parameters in :func:`export_columns` order; the only engine-specific step,
+how a timestamp is passed (``adapt_time``), comes from the caller. How calls are matched to
+recipients: docs/exporting.md.
 """
 
 from __future__ import annotations
@@ -22,10 +11,12 @@ import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_json
+
+from airflow_provider_cartesia.models import utc
 
 if TYPE_CHECKING:
     from airflow_provider_cartesia.models import AgentCall, CallBatch, CallBatchRecipient
@@ -72,8 +63,13 @@ PRIMARY_KEY: tuple[str, ...] = ("batch_id", "recipient_id")
 _stdlib_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
 
 
-def _json_text(value: Any) -> str:
-    """Compact UTF-8 JSON text; pydantic-core's encoder (4x the standard library's speed), same output."""
+def json_text(value: Any) -> str | None:
+    """Compact UTF-8 JSON text (None stays None, i.e. SQL NULL), read back by every engine's JSON type.
+
+    pydantic-core's encoder: 4x the standard library's speed, same output.
+    """
+    if value is None:
+        return None
     try:
         return to_json(value).decode()
     except (ValueError, TypeError, UnicodeDecodeError):  # e.g. a lone surrogate: let the stdlib decide
@@ -92,35 +88,11 @@ def export_columns(*, include_calls: bool = False, include_transcript: bool = Fa
     return columns
 
 
-def utc(value: datetime) -> datetime:
-    """``value`` in UTC; a naive datetime (the API always sends an offset) is taken as UTC."""
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def json_text(value: Any) -> str | None:
-    """Compact JSON text of ``value`` (None stays None, i.e. SQL NULL)."""
-    return None if value is None else _json_text(value)
-
-
-@dataclass(frozen=True)
-class LatestCall:
-    """What the export keeps of a recipient's latest call attempt."""
-
-    status: str | None
-    start_time: datetime | None
-    end_time: datetime | None
-    duration_seconds: float | None
-    summary: str | None
-    transcript_json: str | None
-
-
 @dataclass(frozen=True)
 class CallOutcomes:
     """Per recipient id: its latest call (when the batch's calls hold it) and its number of call records."""
 
-    latest: Mapping[str, LatestCall]
+    latest: Mapping[str, AgentCall]
     attempts: Mapping[str, int | None]
 
 
@@ -130,29 +102,23 @@ def collect_call_outcomes(
     *,
     keep_transcript: bool = False,
 ) -> CallOutcomes:
-    """Join a batch's call records (any order, streamed) to its recipients; see the module docstring.
+    """Join a batch's call records (any order, streamed) to its recipients; memory holds one entry per recipient.
 
-    Memory holds one entry per recipient, never the calls themselves.
+    The latest call is the recipient's ``agent_call_id``. The calls API has no recipient id, so attempts
+    are counted by destination number, and by metadata where recipients share a number (ambiguous: None).
     """
     by_call_id = {r.agent_call_id: r.id for r in recipients if r.agent_call_id}
     by_number: dict[str, list[CallBatchRecipient]] = {}
     for r in recipients:
         if r.to_number:
             by_number.setdefault(r.to_number, []).append(r)
-    latest: dict[str, LatestCall] = {}
+    latest: dict[str, AgentCall] = {}
     counts: Counter[str] = Counter()
     ambiguous: set[str] = set()
     for call in calls:
         rid = by_call_id.get(call.id)
-        if rid is not None:
-            latest[rid] = LatestCall(
-                status=call.status,
-                start_time=call.start_time,
-                end_time=call.end_time,
-                duration_seconds=call.duration_seconds,
-                summary=call.summary,
-                transcript_json=json_text(call.transcript) if keep_transcript else None,
-            )
+        if rid is not None:  # the transcript, the call's largest part, is kept only when asked
+            latest[rid] = call if keep_transcript else call.model_copy(update={"transcript": None})
         to = (call.telephony_params or {}).get("to")
         owners = by_number.get(to) if isinstance(to, str) else None
         if not owners:
@@ -164,13 +130,8 @@ def collect_call_outcomes(
                 continue
             owners = matched
         counts[owners[0].id] += 1
-    attempts: dict[str, int | None] = {}
-    for r in recipients:
-        if r.id in ambiguous:
-            attempts[r.id] = None
-        else:
-            # A latest call that lost its number (redacted) still is one attempt.
-            attempts[r.id] = max(counts[r.id], 1 if r.id in latest else 0)
+    # A latest call that lost its number (redacted) still is one attempt.
+    attempts = {r.id: None if r.id in ambiguous else max(counts[r.id], 1 if r.id in latest else 0) for r in recipients}
     return CallOutcomes(latest=latest, attempts=attempts)
 
 
@@ -193,7 +154,6 @@ def batch_rows(
         raise ValueError("include_transcript=True needs the batch's calls")
     exported = adapt_time(utc(exported_at))
     batch_id, name, agent_id, batch_status = batch.id, batch.name, batch.agent_id, batch.status
-    no_call = (None, None, None, None, None)
     # Recipients are queued when their batch is created, so they share one created_at: adapt it once.
     last_created: datetime | None = None
     last_adapted: Any = None
@@ -201,7 +161,6 @@ def batch_rows(
         created = r.created_at
         if created is not None and created != last_created:
             last_created, last_adapted = created, adapt_time(utc(created))
-        metadata = r.metadata
         row: tuple[Any, ...] = (
             batch_id,
             r.id,
@@ -214,36 +173,26 @@ def batch_rows(
             r.error_message,
             r.agent_call_id,
             None if created is None else last_adapted,
-            None if metadata is None else _json_text(metadata),
+            json_text(r.metadata),
             exported,
         )
         if calls is not None:
             call = calls.latest.get(r.id)
-            attempts = calls.attempts.get(r.id, 0)
-            if call is None:
-                row += (*no_call, attempts)
-                if include_transcript:
-                    row += (None,)
-            else:
-                start, end = call.start_time, call.end_time
-                row += (
-                    call.status,
-                    None if start is None else adapt_time(utc(start)),
-                    None if end is None else adapt_time(utc(end)),
-                    call.duration_seconds,
-                    call.summary,
-                    attempts,
-                )
-                if include_transcript:
-                    row += (call.transcript_json,)
+            row += _call_columns(call, calls.attempts.get(r.id, 0), adapt_time)
+            if include_transcript:
+                row += (None if call is None else json_text(call.transcript),)
         yield row
 
 
-def status_counts(batch: CallBatch) -> tuple[dict[str, int], dict[str, int]]:
-    """Recipients of ``batch`` per status and per end reason (``"none"`` for a missing value)."""
-    statuses: Counter[str] = Counter()
-    end_reasons: Counter[str] = Counter()
-    for r in batch.recipients or ():
-        statuses[r.status or "none"] += 1
-        end_reasons[r.end_reason or "none"] += 1
-    return dict(statuses), dict(end_reasons)
+def _call_columns(call: AgentCall | None, attempts: int | None, adapt_time: Callable[[datetime], Any]) -> tuple:
+    if call is None:  # failed before dialing, or its call is not in the list
+        return (None, None, None, None, None, attempts)
+    start, end = call.start_time, call.end_time
+    return (
+        call.status,
+        None if start is None else adapt_time(utc(start)),
+        None if end is None else adapt_time(utc(end)),
+        call.duration_seconds,
+        call.summary,
+        attempts,
+    )

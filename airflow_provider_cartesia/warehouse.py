@@ -1,47 +1,15 @@
-"""The warehouse layer: the export table on any engine with a common-sql ``DbApiHook``, written batch by batch.
+"""The export table on any engine with a common-sql ``DbApiHook``, written one transaction per batch.
 
-What it owns, and nothing else (no HTTP, no Cartesia models):
-
-- **Names.** A table name is ``table`` or ``schema.table``; each part must be a plain identifier
-  (letters, digits, ``_``; not starting with a digit; at most 63 characters). Anything else is
-  refused, never escaped into SQL. On PostgreSQL, MySQL/MariaDB and SQLite every identifier is then
-  quoted (reserved or not), after the engine's folding of unquoted names; other engines get the
-  hook's dialect quoting (``hook.dialect.escape_word``) plus standard SQL's reserved words.
-- **Types per engine** (:data:`ENGINES`). PostgreSQL: ``TEXT``, ``TIMESTAMPTZ``, ``JSONB``, ``DOUBLE
-  PRECISION``. MySQL/MariaDB: ``VARCHAR(255)`` (keys in the binary collation, so ids stay case
-  sensitive), ``TEXT``/``MEDIUMTEXT``, ``DATETIME(6)`` holding UTC (MySQL has no zoned type and
-  ``TIMESTAMP`` ends in 2038), ``JSON``, ``ENGINE=InnoDB`` and charset ``utf8mb4``. SQLite: ``TEXT`` with timestamps
-  as ISO 8601 UTC text (``2026-06-01T12:00:00.000000+00:00``, sortable, read by SQLite's date
-  functions) and JSON as text. Any other engine: standard SQL (``VARCHAR``, ``TIMESTAMP WITH TIME
-  ZONE``, ``DOUBLE PRECISION``); where those do not fit, create the table yourself and pass
-  ``create_table=False``.
-- **The table's shape.** :meth:`WarehouseWriter.ensure_table` creates the table when it is missing
-  (primary key ``(batch_id, recipient_id)``), and checks an existing one for the export's columns by
-  reading a query's cursor description (works on every DB-API driver, no SQLAlchemy). Missing columns
-  are an error that names them, or are added with ``ALTER TABLE ... ADD COLUMN``.
-- **Replacing a batch atomically.** :meth:`WarehouseWriter.replace_batch` deletes the batch's rows
-  and inserts its new ones in one transaction on one DB-API connection, commits once, and rolls back
-  on any error: a failure leaves the previous rows, and readers see the old batch or the new one,
-  never a mix. Writers of one batch wait for each other (a lock per table and batch), a deadlock is
-  tried again, and a MySQL table without transactions (MyISAM, Aria) is refused. Transient errors
-  (locks, timeouts, lost connections: :func:`is_transient_db_error`) are never schema errors, so the
-  task's retries apply. Where the engine stores no NUL (PostgreSQL), U+0000 is written as U+FFFD.
-- **The engine's fast path.** psycopg 3: ``COPY ... FROM STDIN``. psycopg2: ``execute_values``.
-  Every other driver: ``executemany`` in bounded chunks inside the one transaction (SQLite's
-  ``executemany``; mysqlclient turns it into multi-row ``INSERT``). ``DbApiHook.insert_rows`` is not
-  used: it commits per chunk and logs every parameter value when a chunk fails.
-- **No personal data in errors or logs.** A failed write raises
-  :class:`~airflow_provider_cartesia.exceptions.CartesiaWarehouseError` naming the batch, the table,
-  the driver's exception class and its SQLSTATE or error number, constraint and column where the
-  driver reports them, never its message (which may quote a row) and not chained to it.
+Names are plain identifiers or refused, never escaped into SQL; types, locks and the bulk path per
+engine are in :data:`ENGINES`; errors name the driver's error class and code, never its message (it
+may quote a row). docs/exporting.md explains each choice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import json
+import importlib.util
 import os
 import random
 import re
@@ -49,17 +17,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from functools import cached_property
+from functools import cache, cached_property, partial
 from itertools import islice
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
-from airflow_provider_cartesia.exceptions import (
-    CartesiaError,
-    CartesiaWarehouseError,
-    CartesiaWarehouseSchemaError,
-)
-from airflow_provider_cartesia.rows import PRIMARY_KEY, Column, ColumnKind, json_text
+from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaWarehouseError, CartesiaWarehouseSchemaError
+from airflow_provider_cartesia.rows import PRIMARY_KEY, Column, ColumnKind
 
 if TYPE_CHECKING:
     from airflow.providers.common.sql.hooks.sql import DbApiHook
@@ -67,9 +31,10 @@ if TYPE_CHECKING:
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
 DEFAULT_CHUNK_SIZE = 5000
 """Rows per ``executemany`` call on drivers without COPY (all inside the batch's one transaction)."""
-
-
-# -- names ------------------------------------------------------------------------------------
+LOCK_WAIT_SECONDS = 300
+"""MySQL/MariaDB: how long a writer waits for another export of the same batch (GET_LOCK) before failing the try."""
+SQLITE_BUSY_TIMEOUT = 30.0
+"""Seconds a SQLite connection waits for another process's lock on the file (the connection's extra ``timeout``)."""
 
 
 class TableName(NamedTuple):
@@ -100,26 +65,6 @@ def parse_table_name(table: str) -> TableName:
 # -- engines ----------------------------------------------------------------------------------
 
 
-def _identity(value: datetime) -> Any:
-    return value
-
-
-def _iso_text(value: datetime) -> Any:
-    return value.isoformat(timespec="microseconds")
-
-
-def _naive_utc(value: datetime) -> Any:
-    return value.replace(tzinfo=None)
-
-
-def _lower(identifier: str) -> str:
-    return identifier.lower()
-
-
-def _as_is(identifier: str) -> str:
-    return identifier
-
-
 @dataclass(frozen=True)
 class EngineProfile:
     """What the export needs to know about one SQL engine beyond what common-sql's dialect gives."""
@@ -129,78 +74,57 @@ class EngineProfile:
     """DDL type of each logical column kind (see :class:`~airflow_provider_cartesia.rows.Column`)."""
     adapt_time: Callable[[datetime], Any]
     """An aware UTC datetime as the driver should receive it for a timestamp column."""
+    fold: Callable[[str], str] | None = None
+    """The engine's folding of unquoted names: every name is folded, then quoted (any word works, no name
+    changes). None, case rules unknown: only reserved words are quoted."""
     create_if_not_exists: bool = True
     table_options: str = ""
     """Appended to CREATE TABLE (MySQL: a transactional engine and the character set)."""
-    quote_format: str | None = None
-    """Every identifier is quoted this way (after ``fold``); None: only the words the dialect knows are reserved."""
-    fold: Callable[[str], str] = _as_is
-    """The engine's folding of unquoted names, applied before quoting so that quoting changes no name."""
     stores_nul: bool = True
     """Whether text and JSON columns can hold U+0000; where not, the writer replaces it by U+FFFD."""
     begin_sql: str | None = None
-    """Opens each batch's transaction (SQLite: ``BEGIN IMMEDIATE`` takes the write lock first, waiting for it)."""
+    """Opens each batch's transaction (SQLite: ``BEGIN IMMEDIATE`` waits for the write lock)."""
     batch_lock_sql: str | None = None
-    """Run first in each batch's transaction with the lock key (and, with an unlock, :data:`LOCK_WAIT_SECONDS`):
-    makes concurrent writers of one batch wait for each other."""
+    """Run first in each batch's transaction with the lock key (and, with an unlock, :data:`LOCK_WAIT_SECONDS`)."""
     batch_unlock_sql: str | None = None
     """Run after the commit or rollback with ``(lock key,)``, for a lock that outlives the transaction."""
     checks_storage_engine: bool = False
     """MySQL/MariaDB: refuse a table whose storage engine has no transactions (MyISAM, Aria)."""
 
 
-LOCK_WAIT_SECONDS = 300
-"""MySQL/MariaDB: how long a writer waits for another export of the same batch (GET_LOCK) before failing the try."""
-
+_TEXT: dict[ColumnKind, str] = {"key": "TEXT", "text": "TEXT", "long_text": "TEXT", "integer": "INTEGER"}
 ENGINES: dict[str, EngineProfile] = {
     "postgresql": EngineProfile(
         name="postgresql",
-        types={
-            "key": "TEXT",
-            "text": "TEXT",
-            "long_text": "TEXT",
-            "timestamp": "TIMESTAMPTZ",
-            "float": "DOUBLE PRECISION",
-            "integer": "INTEGER",
-            "json": "JSONB",
-        },
-        adapt_time=_identity,
-        quote_format='"{}"',
-        fold=_lower,
+        types={**_TEXT, "timestamp": "TIMESTAMPTZ", "float": "DOUBLE PRECISION", "json": "JSONB"},
+        adapt_time=lambda value: value,
+        fold=str.lower,
         stores_nul=False,
         batch_lock_sql="SELECT pg_advisory_xact_lock(%s)",
     ),
     "mysql": EngineProfile(
         name="mysql",
         types={
-            "key": "VARCHAR(255) COLLATE utf8mb4_bin",
+            **_TEXT,
+            "key": "VARCHAR(255) COLLATE utf8mb4_bin",  # ids stay case sensitive
             "text": "VARCHAR(255)",
             "long_text": "MEDIUMTEXT",
-            "timestamp": "DATETIME(6)",
+            "timestamp": "DATETIME(6)",  # holding UTC: MySQL has no zoned type and TIMESTAMP ends in 2038
             "float": "DOUBLE",
-            "integer": "INTEGER",
             "json": "JSON",
         },
-        adapt_time=_naive_utc,
+        adapt_time=lambda value: value.replace(tzinfo=None),
+        fold=str,
         table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
-        quote_format="`{}`",
         batch_lock_sql="SELECT GET_LOCK(%s, %s)",
         batch_unlock_sql="SELECT RELEASE_LOCK(%s)",
         checks_storage_engine=True,
     ),
     "sqlite": EngineProfile(
         name="sqlite",
-        types={
-            "key": "TEXT",
-            "text": "TEXT",
-            "long_text": "TEXT",
-            "timestamp": "TEXT",
-            "float": "REAL",
-            "integer": "INTEGER",
-            "json": "TEXT",
-        },
-        adapt_time=_iso_text,
-        quote_format='"{}"',
+        types={**_TEXT, "timestamp": "TEXT", "float": "REAL", "json": "TEXT"},
+        adapt_time=lambda value: value.isoformat(timespec="microseconds"),  # sortable, read by date functions
+        fold=str,
         begin_sql="BEGIN IMMEDIATE",
     ),
     "generic": EngineProfile(
@@ -214,7 +138,7 @@ ENGINES: dict[str, EngineProfile] = {
             "integer": "INTEGER",
             "json": "VARCHAR(65535)",
         },
-        adapt_time=_identity,
+        adapt_time=lambda value: value,
         create_if_not_exists=False,
         stores_nul=False,
     ),
@@ -232,13 +156,8 @@ def engine_profile(dialect_name: str | None) -> EngineProfile:
 
 
 def get_warehouse_hook(conn_id: str) -> DbApiHook:
-    """The DB-API hook of Airflow connection ``conn_id`` (any common-sql hook).
-
-    SQLite needs no provider: a minimal SQLite hook (the connection's host is the database file's
-    absolute path) stands in for a ``sqlite`` connection when ``apache-airflow-providers-sqlite`` is
-    not installed, and for a ``generic`` one whose host is an absolute path (what the CLI and the UI
-    store for ``--conn-type sqlite`` without that provider).
-    """
+    """The DB-API hook of Airflow connection ``conn_id`` (any common-sql hook; SQLite needs no provider)."""
+    # Imported here: common-sql and the connection lookup cost more than parsing a DAG should pay.
     from airflow.providers.common.sql.hooks.sql import DbApiHook
 
     from airflow_provider_cartesia.compat import BaseHook
@@ -272,73 +191,70 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
 def is_sqlite_connection(conn_type: str | None, host: str | None, port: int | None = None) -> bool:
     """A ``sqlite`` connection, or a ``generic`` one (``--conn-type sqlite`` without the sqlite provider) whose
     host is an absolute file path and that has no port."""
-    if conn_type == "sqlite":
-        return True
-    return conn_type == "generic" and bool(host) and os.path.isabs(host or "") and not port
+    return conn_type == "sqlite" or (conn_type == "generic" and bool(host) and os.path.isabs(host or "") and not port)
 
 
 def _sqlite_provider_installed() -> bool:
-    import importlib.util
-
-    try:
-        return importlib.util.find_spec("airflow.providers.sqlite.hooks.sqlite") is not None
-    except ModuleNotFoundError:
-        return False
+    return importlib.util.find_spec("airflow.providers.sqlite") is not None
 
 
-_SQLITE_HOOK: type[DbApiHook] | None = None
-SQLITE_BUSY_TIMEOUT = 30.0
-"""Seconds a SQLite connection waits for another process's lock on the file (the connection's extra ``timeout``)."""
-
-
+@cache
 def _embedded_sqlite_hook_class() -> type[DbApiHook]:
-    """A minimal ``DbApiHook`` for SQLite, defined on first use (common-sql is not imported before)."""
-    global _SQLITE_HOOK
-    if _SQLITE_HOOK is None:
-        from airflow.providers.common.sql.hooks.sql import DbApiHook
+    """SQLite through the standard library: Airflow does not install the sqlite provider."""
+    import sqlite3
 
-        class EmbeddedSqliteHook(DbApiHook):
-            """SQLite through the standard library; the connection's host is the database path."""
+    from airflow.providers.common.sql.hooks.sql import DbApiHook  # defined on first use: common-sql costs an import
 
-            conn_name_attr = "sqlite_conn_id"
-            default_conn_name = "sqlite_default"
-            conn_type = "sqlite"
-            hook_name = "SQLite (embedded)"
-            _placeholder = "?"
+    class EmbeddedSqliteHook(DbApiHook):
+        conn_name_attr = "sqlite_conn_id"
+        default_conn_name = "sqlite_default"
+        conn_type = "sqlite"
+        hook_name = "SQLite (embedded)"
+        _placeholder = "?"
 
-            def get_conn(self) -> Any:
-                import sqlite3
+        def get_conn(self) -> Any:
+            path, timeout = self.connection.host or "", self.connection.extra_dejson.get("timeout", SQLITE_BUSY_TIMEOUT)
+            if path != ":memory:" and not os.path.isabs(path):  # a relative path lands in the worker's directory
+                raise CartesiaWarehouseSchemaError(
+                    f"Connection '{self.get_conn_id()}': the host of a sqlite connection must be the database "
+                    f"file's absolute path, got {path!r}"
+                )
+            if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < 86400:
+                raise CartesiaWarehouseSchemaError(
+                    f"Connection '{self.get_conn_id()}': the extra 'timeout' is how many seconds to wait for "
+                    f"another process's lock on the database file, a number from 0, got {timeout!r}"
+                )
+            return sqlite3.connect(path, timeout=timeout)
 
-                path = self.connection.host or ""
-                if path != ":memory:" and not os.path.isabs(path):
-                    raise CartesiaWarehouseSchemaError(
-                        f"Connection '{self.get_conn_id()}': the host of a sqlite connection must be the database "
-                        f"file's absolute path, got {path!r} (a relative path would land in the worker's working "
-                        "directory)"
-                    )
-                timeout = self.connection.extra_dejson.get("timeout", SQLITE_BUSY_TIMEOUT)
-                if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 <= timeout < 86400:
-                    raise CartesiaWarehouseSchemaError(
-                        f"Connection '{self.get_conn_id()}': the extra 'timeout' is how many seconds to wait for "
-                        f"another process's lock on the database file, a number from 0, got {timeout!r}"
-                    )
-                return sqlite3.connect(path, timeout=timeout)
+        def get_uri(self) -> str:
+            return f"sqlite:///{self.connection.host or ''}"
 
-            def get_uri(self) -> str:
-                return f"sqlite:///{self.connection.host or ''}"
-
-        _SQLITE_HOOK = EmbeddedSqliteHook
-    return _SQLITE_HOOK
+    return EmbeddedSqliteHook
 
 
 def _is_redshift(hook: Any) -> bool:
     """A PostgresHook pointed at Redshift (its ``redshift`` extra): no JSONB, no COPY FROM STDIN."""
-    if hook.conn_type != "postgres":
-        return False
     try:
-        return bool(hook.connection.extra_dejson.get("redshift"))
+        return hook.conn_type == "postgres" and bool(hook.connection.extra_dejson.get("redshift"))
     except Exception:  # no connection to look at: not Redshift as far as we can tell
         return False
+
+
+def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
+    """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info.
+
+    PostgreSQL ``postgres://host:5432`` + ``database.schema.table``; MySQL ``mysql://host:3306`` +
+    ``database.table``; hooks without that info (SQLite) ``<type>://<host>`` + the table as written.
+    """
+    conn = hook.connection
+    info = hook.get_openlineage_database_info(conn)
+    if info is None and is_sqlite_connection(conn.conn_type, conn.host, conn.port):  # SqliteHook gives none
+        return f"sqlite://{conn.host}", str(table)
+    if info is None:
+        return f"{conn.conn_type}://{hook.get_openlineage_authority_part(conn)}", str(table)
+    namespace = f"{info.scheme}://{info.authority}" if info.authority else info.scheme
+    schema = table.schema or hook.get_openlineage_default_schema() or conn.schema
+    return namespace, ".".join(p for p in (info.database, schema, table.name) if p)
 
 
 # -- SQL text ---------------------------------------------------------------------------------
@@ -347,14 +263,14 @@ def _is_redshift(hook: Any) -> bool:
 class WarehouseTable:
     """The export table on one engine: quoted names and every statement the writer runs.
 
-    :param hook: the warehouse's DB-API hook; its dialect quotes identifiers and writes the INSERT.
-    :param table: ``table`` or ``schema.table``.
+    :param hook: the warehouse's DB-API hook; its dialect quotes the names.
+    :param table: ``table`` or ``schema.table`` (parsed here if not parsed yet).
     :param columns: the export's columns, in row order.
     """
 
-    def __init__(self, hook: DbApiHook, table: str, columns: Sequence[Column]) -> None:
+    def __init__(self, hook: DbApiHook, table: TableName | str, columns: Sequence[Column]) -> None:
         self.hook = hook
-        self.name = parse_table_name(table)
+        self.name = table if isinstance(table, TableName) else parse_table_name(table)
         self.columns = tuple(columns)
         names = [c.name for c in self.columns]
         if len(set(names)) != len(names) or not all(_IDENTIFIER.fullmatch(n) for n in names):
@@ -373,40 +289,24 @@ class WarehouseTable:
             dialect_name = None
         return engine_profile(dialect_name)
 
-    @cached_property
-    def _dialect(self) -> Any:
-        try:
-            return self.hook.dialect
-        except Exception:  # common-sql < 1.20 has no dialects; quote with SQL's double quotes
-            return None
-
     def quote(self, identifier: str) -> str:
-        """``identifier`` (already validated) quoted for this engine.
-
-        PostgreSQL, MySQL/MariaDB and SQLite: every identifier is quoted, reserved or not (``values``,
-        ``lateral``, ``returning``), after the engine's own folding of unquoted names (PostgreSQL:
-        lower case), so a table made unquoted before is still found. Other engines, whose folding is
-        unknown here: the dialect quotes the words it knows to be reserved, and words reserved in
-        standard SQL are quoted in its style too.
-        """
-        if self.engine.quote_format is not None:
-            return self.engine.quote_format.format(self.engine.fold(identifier))
-        if self._dialect is None:
-            return f'"{identifier}"'
-        quoted = str(self._dialect.escape_word(identifier))
+        """``identifier`` (validated) quoted by the hook's dialect; see :attr:`EngineProfile.fold`."""
+        dialect = self.hook.dialect
+        if self.engine.fold is not None:
+            return dialect.escape_word_format.format(self.engine.fold(identifier))
+        quoted = dialect.escape_word(identifier)
         if quoted == identifier and identifier.lower() in _standard_reserved_words():
-            quoted = str(self._dialect.escape_word_format).format(identifier)
+            quoted = dialect.escape_word_format.format(identifier)
         return quoted
 
     @cached_property
     def qualified(self) -> str:
         """The quoted, possibly schema-qualified table name."""
-        parts = [self.name.schema, self.name.name] if self.name.schema else [self.name.name]
-        return ".".join(self.quote(p) for p in parts)
+        return ".".join(self.quote(p) for p in self.name if p)
 
-    @property
-    def placeholder(self) -> str:
-        return str(self.hook.placeholder)
+    @cached_property
+    def _column_list(self) -> str:
+        return ", ".join(self.quote(c.name) for c in self.columns)
 
     def column_type(self, column: Column) -> str:
         return self.engine.types[column.kind]
@@ -424,31 +324,36 @@ class WarehouseTable:
     def add_column_sql(self, column: Column) -> str:
         return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.column_type(column)}"
 
+    # Every statement below holds validated, quoted identifiers and placeholders, never a value: noqa S608.
+
     def probe_sql(self) -> str:
         """A query that reads no row but describes every column (and fails if the table is missing)."""
-        return f"SELECT * FROM {self.qualified} WHERE 1 = 0"  # noqa: S608 - validated, quoted identifiers
+        return f"SELECT * FROM {self.qualified} WHERE 1 = 0"  # noqa: S608
 
     def delete_sql(self) -> str:
-        key = self.quote(PRIMARY_KEY[0])
-        return f"DELETE FROM {self.qualified} WHERE {key} = {self.placeholder}"  # noqa: S608
+        return f"DELETE FROM {self.qualified} WHERE {self.quote(PRIMARY_KEY[0])} = {self.hook.placeholder}"  # noqa: S608
 
     def insert_sql(self) -> str:
-        """INSERT with one placeholder per column."""
-        marks = ", ".join([self.placeholder] * len(self.columns))
-        names = ", ".join(self.quote(c.name) for c in self.columns)
-        return f"INSERT INTO {self.qualified} ({names}) VALUES ({marks})"  # noqa: S608 - validated, quoted identifiers
+        marks = ", ".join([str(self.hook.placeholder)] * len(self.columns))
+        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES ({marks})"  # noqa: S608
 
-    def storage_engine_sql(self) -> str:
-        """MySQL/MariaDB: the table's storage engine and whether it has transactions (one row, if the table exists)."""
+    def values_sql(self) -> str:
+        """psycopg2 ``execute_values`` INSERT (one ``%s`` for all the rows)."""
+        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES %s"  # noqa: S608
+
+    def copy_sql(self) -> str:
+        """PostgreSQL ``COPY ... FROM STDIN`` for every column."""
+        return f"COPY {self.qualified} ({self._column_list}) FROM STDIN"
+
+    def storage_engine_sql(self) -> tuple[str, tuple[str, ...]]:
+        """MySQL/MariaDB: the table's storage engine and whether it has transactions (one row, if it exists)."""
         schema = "%s" if self.name.schema else "DATABASE()"
-        return (
-            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "  # noqa: S608 - no value in the text
+        sql = (
+            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "  # noqa: S608
             "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
             f"WHERE t.TABLE_SCHEMA = {schema} AND t.TABLE_NAME = %s"
         )
-
-    def storage_engine_params(self) -> tuple[str, ...]:
-        return (self.name.schema, self.name.name) if self.name.schema else (self.name.name,)
+        return sql, tuple(p for p in self.name if p)
 
     def batch_lock_key(self, batch_id: str) -> int | str:
         """A key for the engine's lock on one batch of this table: a signed 64-bit number or a short name."""
@@ -457,18 +362,10 @@ class WarehouseTable:
             return int.from_bytes(digest, "big", signed=True)
         return f"cartesia_export:{digest.hex()}"
 
-    def copy_sql(self) -> str:
-        """PostgreSQL ``COPY ... FROM STDIN`` for every column."""
-        return f"COPY {self.qualified} ({', '.join(self.quote(c.name) for c in self.columns)}) FROM STDIN"
 
-    def values_sql(self) -> str:
-        """psycopg2 ``execute_values`` INSERT (one ``%s`` for all the rows)."""
-        return f"INSERT INTO {self.qualified} ({', '.join(self.quote(c.name) for c in self.columns)}) VALUES %s"  # noqa: S608
-
-
-@functools.lru_cache(maxsize=1)
+@cache
 def _standard_reserved_words() -> frozenset[str]:
-    from sqlalchemy.sql.compiler import RESERVED_WORDS
+    from sqlalchemy.sql.compiler import RESERVED_WORDS  # only for engines without a profile: an import cost
 
     return frozenset(RESERVED_WORDS)
 
@@ -477,22 +374,18 @@ def _standard_reserved_words() -> frozenset[str]:
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
-    """``(kind, code, details)`` of a driver error, built only from fields that never hold row values.
-
-    ``kind`` is the exception class; ``code`` the SQLSTATE (psycopg), the error number (mysqlclient)
-    or the SQLite error name; ``details`` names the constraint, column or table when the driver reports
-    them separately (psycopg's diagnostics).
-    """
+    """``(exception class, SQLSTATE / MySQL error number / SQLite error name, psycopg's diagnostics)`` of a
+    driver error: fields that never hold row values."""
     kind = type(exc).__name__
     code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None) or getattr(exc, "sqlite_errorname", None)
     if exc.args and isinstance(exc.args[0], int):  # MySQL drivers: the error number says more than its SQLSTATE
         code = str(exc.args[0])
-    details = []
     diag = getattr(exc, "diag", None)
-    for label, attr in (("constraint", "constraint_name"), ("column", "column_name"), ("table", "table_name")):
-        value = getattr(diag, attr, None) if diag is not None else None
-        if value and _IDENTIFIER.fullmatch(value):
-            details.append(f"{label} {value}")
+    details = [
+        f"{label} {value}"
+        for label in ("constraint", "column", "table")
+        if (value := getattr(diag, f"{label}_name", None)) and _IDENTIFIER.fullmatch(value)
+    ]
     return kind, (str(code) if code is not None else None), ", ".join(details)
 
 
@@ -514,11 +407,7 @@ WRITE_CONFLICT_RETRIES = 8
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
-    """Whether a database error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply.
-
-    Everything else (a missing table, a refused permission, a constraint, a type mismatch) needs a
-    change before a new try can succeed. Errors of drivers not recognized here count as lasting.
-    """
+    """Whether a database error may pass by itself (a lock, a timeout, a lost connection; unknown drivers: no)."""
     _, code, _ = describe_db_error(exc)
     if code is not None:
         if code.startswith("SQLITE_"):
@@ -529,17 +418,22 @@ def is_transient_db_error(exc: BaseException) -> bool:
     return module in ("psycopg", "psycopg2") and type(exc).__name__ in ("OperationalError", "InterfaceError")
 
 
-def _transient_error(table: TableName, action: str, exc: BaseException) -> CartesiaWarehouseError:
-    """A transient failure of DDL or of reading the table's shape: not a schema error, so the task's retries apply."""
+def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = "") -> CartesiaWarehouseError:
+    """A failure of DDL or of reading the table's shape: transient, or a schema error (no row value involved,
+    so the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
     message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return CartesiaWarehouseError(
-        f"Could not {action} table {table} for now: {kind}{f' {code}' if code else ''}: {message}. This is a "
-        "transient database error (a lock held by another session, a timeout, a lost connection): the task's "
-        "retries apply",
-        table=str(table),
-        kind=kind,
-        code=code,
+    what = f"{kind}{f' {code}' if code else ''}: {message}"
+    if is_transient_db_error(exc):
+        return CartesiaWarehouseError(
+            f"Could not {action} table {table} for now: {what}. This is a transient database error (a lock held "
+            "by another session, a timeout, a lost connection): the task's retries apply",
+            table=str(table),
+            kind=kind,
+            code=code,
+        )
+    return CartesiaWarehouseSchemaError(
+        f"Could not {action}{hint} table {table}: {what}", table=str(table), kind=kind, code=code
     )
 
 
@@ -548,15 +442,13 @@ def _write_error(
 ) -> CartesiaWarehouseError:
     kind, code, details = describe_db_error(exc)
     what = kind + (f" {code}" if code else "") + (f" ({details})" if details else "")
-    if during_commit:
-        kept = (
-            "the commit's outcome is unknown, so the table holds either the batch's previous rows or all its "
-            "new ones, never a mix; run the export again"
-        )
-    elif rolled_back:
-        kept = "the transaction was rolled back and the batch's previous rows are intact"
-    else:
-        kept = "the transaction was not committed, so the batch's previous rows are intact"
+    kept = (
+        "the commit's outcome is unknown, so the table holds either the batch's previous rows or all its new ones, "
+        "never a mix; run the export again"
+        if during_commit
+        else f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
+        "rows are intact"
+    )
     retries = (
         " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
         if is_transient_db_error(exc)
@@ -572,32 +464,14 @@ def _write_error(
     )
 
 
-def _schema_error(table: TableName, action: str, exc: BaseException) -> CartesiaWarehouseSchemaError:
-    """An error of DDL or of reading the table's shape: no row values are involved, so the message is kept."""
-    kind, code, _ = describe_db_error(exc)
-    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    return CartesiaWarehouseSchemaError(
-        f"Could not {action} table {table}: {kind}{f' {code}' if code else ''}: {message}",
-        table=str(table),
-        kind=kind,
-        code=code,
-    )
-
-
 # -- the writer -------------------------------------------------------------------------------
 
 
 class WarehouseWriter:
     """Writes export rows, batch by batch, over one DB-API connection (a context manager).
 
-    ::
-
-        with WarehouseWriter(hook, "analytics.cartesia_recipients", columns) as writer:
-            writer.ensure_table(create=True)
-            writer.replace_batch("acb_1", rows)  # one transaction
-
     :param hook: the warehouse's DB-API hook (see :func:`get_warehouse_hook`).
-    :param table: ``table`` or ``schema.table``; validated, then quoted by the hook's dialect.
+    :param table: ``table`` or ``schema.table`` (a :class:`TableName` or text to validate).
     :param columns: the export's columns, in the order of the row tuples.
     :param chunk_size: rows per ``executemany`` call where there is no COPY.
     """
@@ -605,7 +479,7 @@ class WarehouseWriter:
     def __init__(
         self,
         hook: DbApiHook,
-        table: str,
+        table: TableName | str,
         columns: Sequence[Column],
         *,
         chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -625,8 +499,6 @@ class WarehouseWriter:
     def adapt_time(self) -> Callable[[datetime], Any]:
         """How this engine takes a timestamp (pass it to :func:`~airflow_provider_cartesia.rows.batch_rows`)."""
         return self.engine.adapt_time
-
-    # -- connection
 
     def __enter__(self) -> WarehouseWriter:
         self.connection  # noqa: B018 - connect now, so that a bad connection fails before any work
@@ -665,49 +537,41 @@ class WarehouseWriter:
 
     # -- the table's shape
 
-    def existing_columns(self) -> list[str]:
-        """The table's column names, read from a query's cursor description; raises if it cannot be read."""
-        conn = self.connection
-        cur = conn.cursor()
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
+        """Column names and rows of a read-only query; the transaction it opened is rolled back."""
+        cur = self.connection.cursor()
         try:
-            cur.execute(self.table.probe_sql())
-            names = [str(d[0]) for d in cur.description or ()]
-            cur.fetchall()
-            return names
+            cur.execute(sql, params)
+            return [str(d[0]) for d in cur.description or ()], cur.fetchall()
         finally:
             _close_quietly(cur)
             self._rollback()
 
-    def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
-        """Make sure the table exists with every export column; returns the columns it added.
+    def existing_columns(self) -> list[str]:
+        """The table's column names, read from a query's cursor description; raises if it cannot be read."""
+        return self._query(self.table.probe_sql())[0]
 
-        :param create: create the table (with its primary key) when it does not exist.
-        :param add_missing_columns: add missing export columns to an existing table instead of failing.
-        :raises CartesiaWarehouseSchemaError: the table is missing (and ``create`` is off), cannot be
-            created, lacks columns (and ``add_missing_columns`` is off), or (MySQL/MariaDB) has a
-            storage engine without transactions.
-        :raises CartesiaWarehouseError: a transient database error (a lock, a timeout, a lost
-            connection) stopped it; a later try may succeed.
+    def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
+        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``).
+
+        Returns the columns added. A transient database error raises :class:`CartesiaWarehouseError`; anything
+        else a :class:`CartesiaWarehouseSchemaError` that says what to change.
         """
         name = self.table.name
         try:
             existing = self.existing_columns()
         except Exception as exc:
-            if is_transient_db_error(exc):
-                raise _transient_error(name, "read", exc) from None
-            if not create:
-                raise _schema_error(name, "read (does it exist? set create_table=True to create it)", exc) from None
+            if not create or is_transient_db_error(exc):
+                raise _ddl_error(name, "read", exc, " (does it exist? set create_table=True to create it)") from None
+            create_error = None
             try:
                 self._run_ddl(self.table.create_sql(), "create")
-            except CartesiaWarehouseSchemaError:
-                if not self._exists():  # else another writer created it at the same moment (PostgreSQL races)
-                    raise
+            except CartesiaWarehouseSchemaError as error:  # or another writer created it at the same moment
+                create_error = error
             try:
                 existing = self.existing_columns()
             except Exception as exc2:
-                if is_transient_db_error(exc2):
-                    raise _transient_error(name, "read the newly created", exc2) from None
-                raise _schema_error(name, "read the newly created", exc2) from None
+                raise create_error or _ddl_error(name, "read the newly created", exc2) from None
         self._check_storage_engine()
         have = {c.casefold() for c in existing}
         missing = [c for c in self.table.columns if c.name.casefold() not in have]
@@ -724,29 +588,14 @@ class WarehouseWriter:
             self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
         return [c.name for c in missing]
 
-    def _exists(self) -> bool:
-        try:
-            self.existing_columns()
-        except Exception:
-            return False
-        return True
-
     def _check_storage_engine(self) -> None:
         """MySQL/MariaDB: a table without transactions (MyISAM, Aria) would keep half a batch after a failure."""
         if not self.engine.checks_storage_engine:
             return
-        conn = self.connection
-        cur = conn.cursor()
         try:
-            cur.execute(self.table.storage_engine_sql(), self.table.storage_engine_params())
-            found = cur.fetchall()
+            found = self._query(*self.table.storage_engine_sql())[1]
         except Exception as exc:
-            if is_transient_db_error(exc):
-                raise _transient_error(self.table.name, "read the storage engine of", exc) from None
-            raise _schema_error(self.table.name, "read the storage engine of", exc) from None
-        finally:
-            _close_quietly(cur)
-            self._rollback()
+            raise _ddl_error(self.table.name, "read the storage engine of", exc) from None
         engine, transactions = found[0] if found else (None, None)
         if engine is not None and str(transactions).upper() != "YES":
             raise CartesiaWarehouseSchemaError(
@@ -764,9 +613,7 @@ class WarehouseWriter:
             conn.commit()
         except Exception as exc:
             self._rollback()
-            if is_transient_db_error(exc):
-                raise _transient_error(self.table.name, action, exc) from None
-            raise _schema_error(self.table.name, action, exc) from None
+            raise _ddl_error(self.table.name, action, exc) from None
         finally:
             _close_quietly(cur)
 
@@ -775,15 +622,8 @@ class WarehouseWriter:
     def replace_batch(
         self, batch_id: str, rows: Iterable[Sequence[Any]] | Callable[[], Iterable[Sequence[Any]]]
     ) -> int:
-        """Replace every row of ``batch_id`` by ``rows`` in one transaction; returns the rows written.
-
-        Delete and insert share one transaction, committed once: on any error it is rolled back and
-        :class:`~airflow_provider_cartesia.exceptions.CartesiaWarehouseError` is raised (values never
-        quoted), leaving the batch's previous rows as they were. Writers of the same batch and table
-        wait for each other (PostgreSQL: an advisory lock for the transaction; MySQL/MariaDB: a named
-        lock; SQLite: its write lock). Given a callable that makes the rows, a deadlock or
-        serialization failure is tried again after a short random pause, up to :data:`WRITE_CONFLICT_RETRIES` times.
-        """
+        """Replace every row of ``batch_id`` by ``rows`` in one transaction (rolled back on any error); returns
+        the rows written. Given a callable that makes the rows, a deadlock is tried again after a short pause."""
         tries = 1 + (WRITE_CONFLICT_RETRIES if callable(rows) else 0)
         attempt = 1
         while True:
@@ -817,7 +657,7 @@ class WarehouseWriter:
             cur.execute(self.table.delete_sql(), (batch_id,))
             if not self.engine.stores_nul:
                 rows = without_nul(rows, self.table.columns)
-            written = self._insert(conn, cur, rows)
+            written = self._insert(cur, rows)
             committing = True
             conn.commit()
         except CartesiaError:
@@ -859,52 +699,32 @@ class WarehouseWriter:
 
     @property
     def insert_method(self) -> str:
-        """The bulk path this connection takes: ``copy`` (psycopg 3), ``execute_values`` (psycopg2) or
-        ``executemany``."""
+        """``copy`` (psycopg 3), ``execute_values`` (psycopg2: postgres providers before 6.3) or ``executemany``."""
         module = type(self.connection).__module__.split(".")[0]
         if module == "psycopg" and not _is_redshift(self.hook):  # Redshift has no COPY FROM STDIN
             return "copy"
-        if module == "psycopg2":
-            return "execute_values"
-        return "executemany"
+        return "execute_values" if module == "psycopg2" else "executemany"
 
-    def _insert(self, conn: Any, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
+    def _insert(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
         method = self.insert_method
+        written = 0
         if method == "copy":
-            return self._copy_psycopg3(cur, rows)
+            with cur.copy(self.table.copy_sql()) as copy:
+                write_row = copy.write_row
+                for row in rows:
+                    write_row(row)
+                    written += 1
+            return written
+        sql, send = self.table.insert_sql(), cur.executemany
         if method == "execute_values":
-            return self._execute_values_psycopg2(cur, rows)
-        sql = self.table.insert_sql()
-        written = 0
-        for chunk in _chunks(rows, self.chunk_size):
-            cur.executemany(sql, chunk)
+            from psycopg2.extras import execute_values  # psycopg2 is imported only where it is the driver
+
+            sql, send = self.table.values_sql(), partial(execute_values, cur, page_size=1000)
+        iterator = iter(rows)
+        while chunk := list(islice(iterator, self.chunk_size)):
+            send(sql, chunk)
             written += len(chunk)
         return written
-
-    def _copy_psycopg3(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
-        written = 0
-        with cur.copy(self.table.copy_sql()) as copy:
-            write_row = copy.write_row
-            for row in rows:
-                write_row(row)
-                written += 1
-        return written
-
-    def _execute_values_psycopg2(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
-        from psycopg2.extras import execute_values
-
-        written = 0
-        sql = self.table.values_sql()
-        for chunk in _chunks(rows, self.chunk_size):
-            execute_values(cur, sql, chunk, page_size=1000)
-            written += len(chunk)
-        return written
-
-
-def _chunks(rows: Iterable[Sequence[Any]], size: int) -> Iterator[list[Sequence[Any]]]:
-    iterator = iter(rows)
-    while chunk := list(islice(iterator, size)):
-        yield chunk
 
 
 def _close_quietly(cur: Any) -> None:
@@ -915,6 +735,7 @@ def _close_quietly(cur: Any) -> None:
 
 _NUL = "\x00"
 _JSON_NUL = "\\u0000"
+_JSON_NUL_ESCAPE = re.compile(r"(?<!\\)((?:\\\\)*)\\u0000")  # \u0000 after an even run of backslashes
 NUL_REPLACEMENT = "\ufffd"
 """What U+0000 becomes where the engine cannot store it (PostgreSQL): U+FFFD, Unicode's replacement character."""
 
@@ -922,8 +743,7 @@ NUL_REPLACEMENT = "\ufffd"
 def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Iterator[Sequence[Any]]:
     """``rows`` with every U+0000 in text replaced by U+FFFD, in JSON text too (where it is written ``\\u0000``).
 
-    PostgreSQL stores no NUL in TEXT, nor ``\\u0000`` in JSONB; the API may still return one in a
-    recipient's metadata or a summary. Rows without one pass unchanged.
+    PostgreSQL stores no NUL in TEXT, nor ``\\u0000`` in JSONB. Rows without one pass unchanged.
     """
     text = tuple(i for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
     json_positions = frozenset(i for i, c in enumerate(columns) if c.kind == "json")
@@ -940,16 +760,6 @@ def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Ite
 def _nul_free_value(value: Any, is_json: bool) -> Any:
     if not isinstance(value, str):
         return value
-    if is_json and _JSON_NUL in value:
-        value = json_text(_nul_free_json(json.loads(value)))
+    if is_json:
+        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value)
     return value.replace(_NUL, NUL_REPLACEMENT)
-
-
-def _nul_free_json(value: Any) -> Any:
-    if isinstance(value, str):
-        return value.replace(_NUL, NUL_REPLACEMENT)
-    if isinstance(value, list):
-        return [_nul_free_json(v) for v in value]
-    if isinstance(value, dict):
-        return {_nul_free_json(k): _nul_free_json(v) for k, v in value.items()}
-    return value

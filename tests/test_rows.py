@@ -17,7 +17,6 @@ from airflow_provider_cartesia.rows import (
     batch_rows,
     collect_call_outcomes,
     export_columns,
-    status_counts,
 )
 
 T0 = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -124,7 +123,7 @@ def test_latest_call_per_recipient_and_attempt_counts() -> None:
     assert outcomes.attempts == {"r1": 2, "r2": 1, "r3": 0}
     assert outcomes.latest["r1"].start_time == T0 + timedelta(minutes=30)
     assert outcomes.latest["r1"].status == "completed"
-    assert outcomes.latest["r1"].transcript_json is None, "transcripts are kept only when asked"
+    assert outcomes.latest["r1"].transcript is None, "transcripts are kept only when asked"
     rows = as_dicts(list(batch_rows(b, exported_at=EXPORTED, adapt_time=lambda d: d, calls=outcomes)), NAMES[:19])
     r1, r2, r3 = rows
     assert r1["call_status"] == "completed"
@@ -162,29 +161,18 @@ def test_a_redacted_latest_call_still_counts_once_and_transcripts_on_request() -
     redacted = call("ac_1", None, 3, redacted_at=T0.isoformat())
     outcomes = collect_call_outcomes(recipients_of(recipients), [redacted], keep_transcript=True)
     assert outcomes.attempts == {"r1": 1}
-    assert json.loads(outcomes.latest["r1"].transcript_json or "") == [
-        {"role": "user", "text": "hello from ac_1 — ünïcode"}
-    ]
+    assert outcomes.latest["r1"].transcript == [{"role": "user", "text": "hello from ac_1 — ünïcode"}]
     (row,) = batch_rows(
         batch(*recipients), exported_at=EXPORTED, adapt_time=lambda d: d, calls=outcomes, include_transcript=True
     )
     assert len(row) == len(NAMES)
     assert "ünïcode" in row[-1], "JSON text is UTF-8, not ASCII-escaped"
+    assert json.loads(row[-1]) == [{"role": "user", "text": "hello from ac_1 — ünïcode"}]
 
 
 def test_transcript_column_needs_calls() -> None:
     with pytest.raises(ValueError, match="calls"):
         list(batch_rows(batch(), exported_at=EXPORTED, adapt_time=lambda d: d, include_transcript=True))
-
-
-def test_status_counts() -> None:
-    b = batch(
-        recipient("r1", "+1", end_reason="agent_hangup"),
-        recipient("r2", "+2", end_reason="agent_hangup"),
-        recipient("r3", "+3", status="queued"),
-        recipient("r4", "+4", status=None),
-    )
-    assert status_counts(b) == ({"completed": 2, "queued": 1, "none": 1}, {"agent_hangup": 2, "none": 2})
 
 
 def recipients_of(items: list[dict]) -> list:

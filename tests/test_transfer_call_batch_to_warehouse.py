@@ -22,10 +22,9 @@ from airflow_provider_cartesia.testing.dag_test import run_dag_test
 from airflow_provider_cartesia.transfers.call_batch_to_warehouse import (
     CallBatchToWarehouseOperator,
     batches_updated_between,
-    table_dataset,
     warehouse_table_asset,
 )
-from airflow_provider_cartesia.warehouse import parse_table_name
+from airflow_provider_cartesia.warehouse import get_warehouse_hook, parse_table_name, table_dataset
 
 METADATA = {
     "customer": 'Zoë O\'Brien "the 3rd"',
@@ -106,12 +105,12 @@ def test_table_asset_is_added_to_user_outlets() -> None:
 
 
 def test_importing_the_operator_stays_light() -> None:
+    """No driver, common-sql, requests or pydantic at DAG parse time (the shared hook mixin's module is fine)."""
     code = (
         "import sys, warnings, airflow.sdk; before = set(sys.modules); "
         "warnings.filterwarnings('error', category=DeprecationWarning, module='airflow_provider_cartesia'); "
         "import airflow_provider_cartesia.transfers.call_batch_to_warehouse; "
-        "heavy = ('airflow.providers.common.sql', 'psycopg', 'MySQLdb', 'sqlite3', 'requests', 'pydantic', "
-        "'airflow_provider_cartesia.hooks'); "
+        "heavy = ('airflow.providers.common.sql', 'psycopg', 'MySQLdb', 'sqlite3', 'requests', 'pydantic'); "
         "print(sorted(n for n in set(sys.modules) - before if n.startswith(heavy)))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -154,20 +153,22 @@ def test_window_selection_reads_past_newer_batches_and_stops_only_when_told() ->
     assert consumed == ["after", "edge_end", "inside", "moved_on", "old_active"], "stopped at the first too-old batch"
 
 
-def test_table_dataset_names_follow_openlineage() -> None:
-    assert table_dataset("postgres", "db.example", 5432, "dwh", parse_table_name("calls")) == (
-        "postgres://db.example:5432",
-        "dwh.public.calls",
-    )
-    assert table_dataset("postgres", "h", None, "dwh", parse_table_name("s.calls")) == (
-        "postgres://h:5432",
-        "dwh.s.calls",
-    )
-    assert table_dataset("mysql", "h", 3307, "dwh", parse_table_name("calls")) == ("mysql://h:3307", "dwh.calls")
-    assert table_dataset("sqlite", "/data/x.db", None, None, parse_table_name("calls")) == (
-        "sqlite:///data/x.db",
-        "calls",
-    )
+@pytest.mark.parametrize(
+    ("conn", "table", "expected"),
+    [
+        ({"conn_type": "postgres", "host": "h", "schema": "dwh"}, "s.calls", ("postgres://h:5432", "dwh.s.calls")),
+        ({"conn_type": "mysql", "host": "h", "port": 3307, "schema": "dwh"}, "calls", ("mysql://h:3307", "dwh.calls")),
+        ({"conn_type": "sqlite", "host": "/data/x.db"}, "calls", ("sqlite:///data/x.db", "calls")),
+        ({"conn_type": "generic", "host": "/data/x.db"}, "s.calls", ("sqlite:///data/x.db", "s.calls")),
+    ],
+)
+def test_table_dataset_names_come_from_the_hooks_openlineage_info(
+    conn: dict[str, Any], table: str, expected: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hook's ``get_openlineage_database_info`` names PostgreSQL and MySQL tables (no database is
+    reached for these: the schema is given, or MySQL has none); SQLite's hooks give no info."""
+    monkeypatch.setenv("AIRFLOW_CONN_LINEAGE_DB", json.dumps(conn))
+    assert table_dataset(get_warehouse_hook("lineage_db"), parse_table_name(table)) == expected
 
 
 # -- end to end on each engine ----------------------------------------------------------------

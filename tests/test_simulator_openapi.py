@@ -386,6 +386,7 @@ def test_calls_in_every_state_with_and_without_transcript(sim: CartesiaSimulator
 
 # -- errors -----------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status"),
     [

@@ -67,7 +67,6 @@ MAX_CALL_DURATION_RANGE = (1, 480)
 SCHEDULE_HORIZON = timedelta(days=30)
 GATEWAY_STATUSES = frozenset({502, 504})  # a proxy's answer: it may have forwarded the create
 DEFAULT_POKE_INTERVAL = 60.0
-DEFAULT_POKE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
 VERIFY_DELAY = 5.0  # seconds between the two looks for a create whose outcome is unknown
 

@@ -176,3 +176,14 @@ def test_the_entry_point_runs_in_a_subprocess(cartesia_simulator: CartesiaSimula
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert batch_id in out.stdout and "2 scheduled" in out.stdout
+
+
+@pytest.mark.parametrize("argv", [("list", "--limit", "0"), ("watch", "acb_1", "--interval", "0"), ("get",)])
+def test_bad_arguments_exit_2_before_any_request(
+    argv: tuple[str, ...], cartesia_connection: str, cartesia_simulator: CartesiaSimulator, capsys
+):  # type: ignore[no-untyped-def]
+    with pytest.raises(SystemExit) as info:
+        run("batches", *argv)
+    assert info.value.code == 2
+    assert "must be more than 0" in capsys.readouterr().err or argv == ("get",)
+    assert cartesia_simulator.requests == []

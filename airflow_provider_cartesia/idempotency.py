@@ -1,17 +1,10 @@
 """Creating a call batch at most once per Airflow task instance, although Cartesia has no idempotency key.
 
-Every batch the create operator makes is named with a tag: ``Spring renewals [af:3f9a0c1b2d4e.7c1a2b]``,
-or ``Spring renewals (2/3) [af:…]`` for part 2 of a list split in 3. ``3f9a0c1b2d4e`` hashes dag_id,
-task_id, run_id and map_index (the same for every try of one task instance); ``7c1a2b`` hashes the
-recipient list. Before creating, and whenever a create's outcome is unknown, the operator lists the
-agent's batches newest first (:func:`scan_for_tagged`) and adopts what an earlier try created
-(:func:`plan_parts`). See docs/campaigns.md.
-
-The scan misses nothing: Airflow starts a DAG run's tasks only once its ``run_after`` has passed
-(clearing a task does not change it), so every batch of this task instance is younger than
-``run_after``. The scan stops at the first batch created before ``run_after`` minus
-:data:`CLOCK_SKEW_MARGIN`, or as soon as every wanted part has been found; a batch without
-``created_at`` never stops it, and there is no page cap (a cap could miss a batch of a busy agent).
+Every batch is named with a tag: ``Spring renewals [af:3f9a0c1b2d4e.7c1a2b]``, or ``Spring renewals (2/3)
+[af:…]`` for part 2 of 3. The key hashes dag_id, task_id, run_id and map_index (every try of one task
+instance shares it); the fingerprint hashes the recipient list. The operator lists the agent's batches
+newest first (:func:`scan_for_tagged`, back to the DAG run's ``run_after`` minus :data:`CLOCK_SKEW_MARGIN`)
+and adopts what an earlier try created (:func:`plan_parts`). Why the scan misses nothing: docs/campaigns.md.
 """
 
 from __future__ import annotations
@@ -107,11 +100,10 @@ def parse_tag(batch: CallBatch) -> TaggedBatch | None:
 
 @dataclass
 class ScanResult:
-    """Every batch tagged with the campaign's key that a scan saw, and how far it looked."""
+    """Every batch tagged with the campaign's key that a scan saw, and how many batches it read."""
 
     found: list[TaggedBatch] = field(default_factory=list)
     batches_seen: int = 0
-    stopped_at_cutoff: bool = False
 
 
 def scan_for_tagged(batches: Iterable[CallBatch], campaign: Campaign, wanted: Collection[int] = ()) -> ScanResult:
@@ -124,7 +116,6 @@ def scan_for_tagged(batches: Iterable[CallBatch], campaign: Campaign, wanted: Co
     missing = set(wanted)
     for batch in batches:
         if campaign.not_before and batch.created_at and utc(batch.created_at) < campaign.not_before:
-            result.stopped_at_cutoff = True
             break
         result.batches_seen += 1
         tagged = parse_tag(batch)

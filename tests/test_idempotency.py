@@ -105,7 +105,7 @@ def test_scan_stops_at_the_first_batch_older_than_the_cutoff() -> None:
     batches = _Lazy([_batch("other", 1), _batch(mine, 30), _batch("other", 59), _batch("old", 61), _batch(mine, 62)])
     result = scan_for_tagged(batches, Campaign(KEY, T0 - timedelta(hours=1)))
     assert [t.batch.name for t in result.found] == [mine]
-    assert (result.batches_seen, result.stopped_at_cutoff, batches.pulled) == (3, True, 4)
+    assert (result.batches_seen, batches.pulled) == (3, 4), "the fourth batch, too old, ends the scan"
 
 
 def test_scan_without_cutoff_reads_everything_and_ignores_missing_created_at() -> None:
@@ -113,8 +113,9 @@ def test_scan_without_cutoff_reads_everything_and_ignores_missing_created_at() -
     undated = CallBatch(id="acb_x", name=mine, created_at=None)
     result = scan_for_tagged(_Lazy([_batch("a", 500), undated]), Campaign(KEY, None))
     assert [t.batch.id for t in result.found] == ["acb_x"]
-    result = scan_for_tagged(_Lazy([undated, _batch("a", 500)]), Campaign(KEY, T0))
-    assert result.batches_seen == 1 and result.stopped_at_cutoff
+    batches = _Lazy([undated, _batch("a", 500), _batch("never pulled", 501)])
+    result = scan_for_tagged(batches, Campaign(KEY, T0))
+    assert (result.batches_seen, batches.pulled) == (1, 2)
 
 
 def test_scan_stops_once_every_wanted_part_is_found() -> None:

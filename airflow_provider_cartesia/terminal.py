@@ -46,7 +46,7 @@ def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog=PROG, description="Look at Cartesia call batches through Airflow's connection."
+        prog=PROG, description="Look at Cartesia call batches through Airflow's cartesia connection."
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -69,7 +69,9 @@ def _parser() -> argparse.ArgumentParser:
         "--show-numbers", action="store_true", help="list every recipient with its phone number (personal data)"
     )
     watch = actions.add_parser(
-        "watch", parents=[common], help="a live progress bar until the batch settles (the sensor's rule)"
+        "watch",
+        parents=[common],
+        help="a live progress bar until the batch settles (the sensor's rule); exit 1 if it failed",
     )
     watch.add_argument("batch_id")
     watch.add_argument(

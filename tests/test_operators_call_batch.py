@@ -558,6 +558,11 @@ def test_a_bad_row_from_sql_fails_before_any_request(
         _op(recipients=None, recipients_sql=sql, warehouse_conn_id="crm").execute(_context(FakeTI(), run_after))
     assert "recipients_sql on connection 'crm'" in str(info.value)
     assert "recipient #4: to_number is not E.164 (not-…)" in str(info.value)
+    with pytest.raises(AirflowFailException) as info:
+        _op(recipients=None, recipients_sql="SELECT phone FROM contacts", warehouse_conn_id="crm").execute(
+            _context(FakeTI(), run_after)
+        )
+    assert str(info.value).startswith("recipients_sql on connection 'crm': Invalid recipients: the query returns no")
     assert cartesia_simulator.requests == []
 
 

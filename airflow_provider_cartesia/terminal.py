@@ -33,17 +33,6 @@ EXIT_OK, EXIT_BATCH_FAILED, EXIT_ERROR = 0, 1, 2
 SETTLED = {"waiting": "not settled", "success": "settled, success", "failure": "settled, failure"}
 
 
-def _positive(kind: Callable[[str], float]) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = kind(text)
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-        return value
-
-    parse.__name__ = kind.__name__  # argparse names it in "invalid int value"
-    return parse
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog=PROG, description="Look at Cartesia call batches through Airflow's cartesia connection."
@@ -60,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     listing = actions.add_parser("list", parents=[common], help="the newest batches, with status and counters")
     listing.add_argument("--agent", metavar="ID", help="only this agent's batches")
     listing.add_argument(
-        "--limit", type=_positive(int), default=DEFAULT_LIST_LIMIT, help=f"how many (default {DEFAULT_LIST_LIMIT})"
+        "--limit", type=int, default=DEFAULT_LIST_LIMIT, help=f"how many (default {DEFAULT_LIST_LIMIT})"
     )
     get = actions.add_parser("get", parents=[common], help="one batch: status, counters and its recipients' outcomes")
     get.add_argument("batch_id")
@@ -76,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     watch.add_argument("batch_id")
     watch.add_argument(
         "--interval",
-        type=_positive(float),
+        type=float,
         default=DEFAULT_WATCH_INTERVAL,
         help=f"seconds between polls (default {DEFAULT_WATCH_INTERVAL:g})",
     )
@@ -93,15 +82,19 @@ def main(
     hook = CartesiaHook(args.conn_id)
     hook._sleep = sleep  # the hook's retry waits follow the same clock as the polls
     try:
-        if args.action == "list":
-            list_batches(hook, out, agent_id=args.agent, limit=args.limit)
-        elif args.action == "get":
-            show_batch(
-                hook, out, args.batch_id, recipients=args.recipients or args.show_numbers, numbers=args.show_numbers
-            )
-        else:
+        if args.action == "list" and args.limit < 1:
+            message = "error: --limit must be at least 1"
+        elif args.action == "watch" and args.interval <= 0:
+            message = "error: --interval must be more than 0 seconds"
+        elif args.action == "watch":
             return watch_batch(hook, out, args.batch_id, interval=args.interval, sleep=sleep)
-        return EXIT_OK
+        elif args.action == "list":
+            list_batches(hook, out, agent_id=args.agent, limit=args.limit)
+            return EXIT_OK
+        else:
+            numbers = args.show_numbers
+            show_batch(hook, out, args.batch_id, recipients=args.recipients or numbers, numbers=numbers)
+            return EXIT_OK
     except CartesiaError as exc:
         message = f"error: {exc}"
     except AirflowNotFoundException:

@@ -139,10 +139,6 @@ class PartsPlan:
     notes: list[str] = field(default_factory=list)
 
 
-def _by_part_order(by_part: Mapping[int, list[TaggedBatch]]) -> list[TaggedBatch]:
-    return [t for _, tagged in sorted(by_part.items()) for t in tagged]
-
-
 def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
     """Decide, from the tagged batches earlier tries left, which parts to adopt and which to create.
 
@@ -154,15 +150,14 @@ def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
     groups: dict[tuple[int, str], dict[int, list[TaggedBatch]]] = {}
     for tagged in found:
         groups.setdefault((tagged.parts, tagged.fingerprint), {}).setdefault(tagged.part, []).append(tagged)
-    if not groups:
-        return PartsPlan(adopt={}, create=list(range(1, parts + 1)), parts=parts)
     if len(groups) > 1:
-        listing = "; ".join(
-            f"{len(by_part)} of {n} part(s) of list {fp} ({', '.join(t.batch.id for t in _by_part_order(by_part))})"
-            for (n, fp), by_part in groups.items()
-        )
-        raise DuplicateRiskError(f"earlier tries of this task created batches for different recipient lists: {listing}")
-    ((found_parts, found_fp), by_part) = next(iter(groups.items()))
+        listing = []
+        for (n, fp), by_part in groups.items():
+            ids = ", ".join(t.batch.id for part in sorted(by_part) for t in by_part[part])
+            listing.append(f"{len(by_part)} of {n} part(s) of list {fp} ({ids})")
+        lists = "; ".join(listing)
+        raise DuplicateRiskError(f"earlier tries of this task created batches for different recipient lists: {lists}")
+    ((found_parts, found_fp), by_part) = next(iter(groups.items()), ((parts, fingerprint), {}))
     far_future = datetime.max.replace(tzinfo=timezone.utc)
     notes: list[str] = []
     adopt: dict[int, CallBatch] = {}

@@ -286,7 +286,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         ti = context["ti"]
         problem = schedule_problem(scheduled_at, datetime.now(timezone.utc))
         if problem and (ti.try_number or 1) <= 1:
-            _fail(problem)  # a first try has nothing to adopt: fail before sending anything
+            _fail(problem)  # a first try fails before sending anything
         plan = self._plan(campaign)
         if plan.create and problem:
             _fail(f"{problem}; an earlier try created {len(plan.adopt)} of {plan.parts} batch(es)")

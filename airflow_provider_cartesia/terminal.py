@@ -152,15 +152,8 @@ def show_batch(hook: CartesiaHook, out: Console, batch_id: str, *, recipients: b
     out.print(table)
     if not recipients:
         return
-    listing = Table(
-        "#",
-        "recipient",
-        *(("to_number",) if numbers else ()),
-        "status",
-        "end reason / error",
-        "call",
-        title="Recipients",
-    )
+    columns = ["#", "recipient", *(["to_number"] if numbers else []), "status", "end reason / error", "call"]
+    listing = Table(*columns, title="Recipients")
     for index, r in enumerate(rows, start=1):
         number = (r.to_number or "",) if numbers else ()
         listing.add_row(

@@ -1,26 +1,10 @@
 """Creating a call batch at most once per Airflow task instance, although Cartesia has no idempotency key.
 
-The create operator names every batch it creates with a tag of the task instance that created it::
-
-    Spring renewals [af:3f9a0c1b2d4e.7c1a2b]          one batch
-    Spring renewals (2/3) [af:3f9a0c1b2d4e.7c1a2b]    part 2 of a list split in 3
-
-- ``3f9a0c1b2d4e`` is the *task-instance key*: a hash of dag_id, task_id, run_id and map_index.
-  Every try of one task instance (a retry, a cleared task) has the same key; another run has another.
-- ``7c1a2b`` is the *recipients fingerprint*: a hash of the whole recipient list, in order. It tells
-  whether an earlier try sent the same recipients (so that its parts and ours line up).
-
-Before creating anything, and again whenever a create's outcome is unknown, the operator lists the
-agent's batches newest first (:func:`scan_for_tagged`) and adopts what an earlier try created
-(:func:`plan_parts`) instead of creating it again.
-
-Where the scan stops, and why it misses nothing: Airflow starts a DAG run's tasks only once its
-``run_after`` has passed (the scheduler selects runs with ``run_after <= now()``; clearing a task
-does not change it), so every batch any try of this task instance created is younger than
-``run_after``. The scan stops at the first batch created before ``run_after`` minus
-:data:`CLOCK_SKEW_MARGIN` (for the clocks of Airflow's database and Cartesia to disagree), or
-earlier, as soon as every part of the current list has been found. A batch without
-``created_at`` never stops it. There is no page cap: a cap could miss a batch of a busy agent.
+Every batch is named with a tag: ``Spring renewals [af:3f9a0c1b2d4e.7c1a2b]``, or ``Spring renewals (2/3)
+[af:…]`` for part 2 of 3. The key hashes dag_id, task_id, run_id and map_index (every try of one task
+instance shares it); the fingerprint hashes the recipient list. The operator lists the agent's batches
+newest first (:func:`scan_for_tagged`, back to the DAG run's ``run_after`` minus :data:`CLOCK_SKEW_MARGIN`)
+and adopts what an earlier try created (:func:`plan_parts`). Why the scan misses nothing: docs/campaigns.md.
 """
 
 from __future__ import annotations
@@ -31,16 +15,14 @@ import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from airflow_provider_cartesia.models import CallBatch
+from airflow_provider_cartesia.models import CallBatch, utc
 
 TAG_PREFIX = "af"
 KEY_HEX = 12
 FINGERPRINT_HEX = 6
-CLOCK_SKEW_MARGIN = timedelta(hours=1)
-"""How much older than the DAG run's ``run_after`` a batch may look and still be scanned past."""
+CLOCK_SKEW_MARGIN = timedelta(hours=1)  # the clocks of Airflow's database and Cartesia may disagree
 _TAG = re.compile(
     rf"(?: \((?P<part>\d+)/(?P<parts>\d+)\))? \[{TAG_PREFIX}:(?P<key>[0-9a-f]{{{KEY_HEX}}})"
     rf"\.(?P<fp>[0-9a-f]{{{FINGERPRINT_HEX}}})\]$"
@@ -63,11 +45,35 @@ def recipients_fingerprint(recipients: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:FINGERPRINT_HEX]
 
 
+def scan_not_before(run_after: datetime | None) -> datetime | None:
+    """The creation time below which no try of this task instance can have created a batch (None: no bound)."""
+    return None if run_after is None else utc(run_after) - CLOCK_SKEW_MARGIN
+
+
+def part_name(name: str, key: str, fingerprint: str, part: int, parts: int) -> str:
+    """``<name> [af:…]``, or ``<name> (part/parts) [af:…]`` for a list split in several batches."""
+    numbering = f" ({part}/{parts})" if parts > 1 else ""
+    return f"{name}{numbering} [{TAG_PREFIX}:{key}.{fingerprint}]"
+
+
 def parts_report(created: Mapping[int, str], parts: int) -> str:
     """Which parts of a split campaign exist (with their ids) and which do not, for an error message."""
     done = ", ".join(f"part {p} ({created[p]})" for p in sorted(created)) or "none"
     missing = ", ".join(f"part {p}" for p in range(1, parts + 1) if p not in created) or "none"
     return f"Of this campaign's {parts} call batches, created: {done}; not created: {missing}"
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """One task instance's recipient list as batches: its tag, its number of parts, where a scan stops."""
+
+    key: str
+    not_before: datetime | None
+    fingerprint: str = ""
+    parts: int = 0
+
+    def part_name(self, name: str, part: int) -> str:
+        return part_name(name, self.key, self.fingerprint, part, self.parts)
 
 
 @dataclass(frozen=True)
@@ -81,16 +87,6 @@ class TaggedBatch:
     parts: int
 
 
-def tag(key: str, fingerprint: str) -> str:
-    return f"[{TAG_PREFIX}:{key}.{fingerprint}]"
-
-
-def part_name(name: str, key: str, fingerprint: str, part: int, parts: int) -> str:
-    """``<name> [af:…]``, or ``<name> (part/parts) [af:…]`` for a list split in several batches."""
-    numbering = f" ({part}/{parts})" if parts > 1 else ""
-    return f"{name}{numbering} {tag(key, fingerprint)}"
-
-
 def parse_tag(batch: CallBatch) -> TaggedBatch | None:
     """The tag in a batch's name, or None when it has none (or a malformed part number)."""
     match = _TAG.search(batch.name or "")
@@ -102,121 +98,86 @@ def parse_tag(batch: CallBatch) -> TaggedBatch | None:
     return TaggedBatch(batch, match["key"], match["fp"], part, parts)
 
 
-def scan_not_before(run_after: datetime | None) -> datetime | None:
-    """The creation time below which no try of this task instance can have created a batch (None: no bound)."""
-    if run_after is None:
-        return None
-    if run_after.tzinfo is None:
-        run_after = run_after.replace(tzinfo=timezone.utc)
-    return run_after - CLOCK_SKEW_MARGIN
-
-
 @dataclass
 class ScanResult:
-    """Every batch tagged with one task-instance key that a scan saw, and how far it looked."""
+    """Every batch tagged with the campaign's key that a scan saw, and how many batches it read."""
 
     found: list[TaggedBatch] = field(default_factory=list)
     batches_seen: int = 0
-    stopped_at_cutoff: bool = False
 
 
-def scan_for_tagged(
-    batches: Iterable[CallBatch],
-    key: str,
-    *,
-    not_before: datetime | None,
-    until_found: tuple[int, str, Collection[int]] | None = None,
-) -> ScanResult:
-    """Walk ``batches`` (newest first, fetched lazily) collecting those tagged with ``key``.
+def scan_for_tagged(batches: Iterable[CallBatch], campaign: Campaign, wanted: Collection[int] = ()) -> ScanResult:
+    """Walk ``batches`` (newest first, fetched lazily) collecting those tagged with the campaign's key.
 
-    Stops at the first batch created before ``not_before`` (see the module docstring), or once each
-    of the parts ``wanted`` of a list of ``parts`` parts with fingerprint ``fp`` has been seen, where
-    ``until_found=(parts, fp, wanted)``.
+    Stops at the cutoff, or once each part in ``wanted`` of this very list (same parts and fingerprint)
+    has been seen.
     """
     result = ScanResult()
-    wanted: set[int] = set(until_found[2]) if until_found else set()
+    missing = set(wanted)
     for batch in batches:
-        created = batch.created_at
-        if not_before is not None and created is not None:
-            if created.tzinfo is None:
-                created = created.replace(tzinfo=timezone.utc)
-            if created < not_before:
-                result.stopped_at_cutoff = True
-                break
+        if campaign.not_before and batch.created_at and utc(batch.created_at) < campaign.not_before:
+            break
         result.batches_seen += 1
         tagged = parse_tag(batch)
-        if tagged is None or tagged.key != key:
+        if tagged is None or tagged.key != campaign.key:
             continue
         result.found.append(tagged)
-        if until_found and (tagged.parts, tagged.fingerprint) == until_found[:2]:
-            wanted.discard(tagged.part)
-            if not wanted:
+        if (tagged.parts, tagged.fingerprint) == (campaign.parts, campaign.fingerprint):
+            missing.discard(tagged.part)
+            if wanted and not missing:
                 break
     return result
 
 
 @dataclass
 class PartsPlan:
-    """What to do for each part: adopt an existing batch, or create it."""
+    """What to do for each part: adopt an existing batch, or create it; ``notes`` are worth a warning."""
 
     adopt: dict[int, CallBatch]
     create: list[int]
     parts: int
     notes: list[str] = field(default_factory=list)
-    """Things worth a warning in the task log (duplicates seen, recipients changed since a try)."""
 
 
-def _oldest(candidates: list[TaggedBatch]) -> TaggedBatch:
-    far_future = datetime.max.replace(tzinfo=timezone.utc)
-    return min(candidates, key=lambda t: t.batch.created_at or far_future)
+def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
+    """Decide, from the tagged batches earlier tries left, which parts to adopt and which to create.
 
-
-def _ids(by_part: Mapping[int, list[TaggedBatch]]) -> str:
-    return ", ".join(t.batch.id for _, tagged in sorted(by_part.items()) for t in tagged)
-
-
-def plan_parts(found: Sequence[TaggedBatch], parts: int, fingerprint: str) -> PartsPlan:
-    """Decide, from the tagged batches an earlier try left, which parts to adopt and which to create.
-
-    - Nothing found: create every part.
-    - Found parts of this very list (same part count and fingerprint): adopt them, create the rest.
-    - An earlier try sent a *different* list (the SQL returned other rows, the upstream XCom changed):
-      when it created all its parts, adopt them (the current list is not sent; a note says so);
-      when it created only some, raise :class:`DuplicateRiskError`: the missing parts of either list
-      could call people its created parts already call.
-    - Two batches for one part (two tries raced): the oldest is adopted; a note names the others.
+    Parts of this very list are adopted (the oldest, when two tries raced) and the rest created. A
+    *different* earlier list is adopted whole when complete (nothing is sent); otherwise, or with two
+    earlier lists, :class:`DuplicateRiskError`: the missing parts could call someone a second time.
     """
+    parts, fingerprint = campaign.parts, campaign.fingerprint
     groups: dict[tuple[int, str], dict[int, list[TaggedBatch]]] = {}
     for tagged in found:
         groups.setdefault((tagged.parts, tagged.fingerprint), {}).setdefault(tagged.part, []).append(tagged)
-    if not groups:
-        return PartsPlan(adopt={}, create=list(range(1, parts + 1)), parts=parts)
     if len(groups) > 1:
-        listing = "; ".join(
-            f"{len(by_part)} of {n} part(s) of list {fp} ({_ids(by_part)})" for (n, fp), by_part in groups.items()
-        )
-        raise DuplicateRiskError(f"earlier tries of this task created batches for different recipient lists: {listing}")
-    ((found_parts, found_fp), by_part) = next(iter(groups.items()))
+        listing = []
+        for (n, fp), by_part in groups.items():
+            ids = ", ".join(t.batch.id for part in sorted(by_part) for t in by_part[part])
+            listing.append(f"{len(by_part)} of {n} part(s) of list {fp} ({ids})")
+        lists = "; ".join(listing)
+        raise DuplicateRiskError(f"earlier tries of this task created batches for different recipient lists: {lists}")
+    ((found_parts, found_fp), by_part) = next(iter(groups.items()), ((parts, fingerprint), {}))
+    far_future = datetime.max.replace(tzinfo=timezone.utc)
     notes: list[str] = []
     adopt: dict[int, CallBatch] = {}
     for part, candidates in sorted(by_part.items()):
-        chosen = _oldest(candidates)
+        chosen = min(candidates, key=lambda t: utc(t.batch.created_at) if t.batch.created_at else far_future)
         adopt[part] = chosen.batch
         if len(candidates) > 1:
             others = ", ".join(t.batch.id for t in candidates if t is not chosen)
             notes.append(f"part {part} exists more than once; adopting the oldest, {chosen.batch.id} (also: {others})")
     if (found_parts, found_fp) == (parts, fingerprint):
-        return PartsPlan(
-            adopt=adopt, create=[p for p in range(1, parts + 1) if p not in adopt], parts=parts, notes=notes
-        )
+        create = [p for p in range(1, parts + 1) if p not in adopt]
+        return PartsPlan(adopt=adopt, create=create, parts=parts, notes=notes)
     ids = ", ".join(b.id for _, b in sorted(adopt.items()))
-    if len(adopt) == found_parts:
-        notes.append(
-            f"an earlier try of this task created {found_parts} batch(es) ({ids}) for a different recipient list "
-            f"than this try has ({parts} part(s), list {fingerprint} vs {found_fp}); adopting them and sending nothing"
+    if len(adopt) < found_parts:
+        raise DuplicateRiskError(
+            f"an earlier try of this task created {len(adopt)} of {found_parts} part(s) ({ids}) for a different "
+            f"recipient list than this try has ({parts} part(s)); creating the missing parts could call someone twice"
         )
-        return PartsPlan(adopt=adopt, create=[], parts=found_parts, notes=notes)
-    raise DuplicateRiskError(
-        f"an earlier try of this task created {len(adopt)} of {found_parts} part(s) ({ids}) for a different "
-        f"recipient list than this try has ({parts} part(s)); creating the missing parts could call someone twice"
+    notes.append(
+        f"an earlier try of this task created {found_parts} batch(es) ({ids}) for a different recipient list "
+        f"than this try has ({parts} part(s), list {fingerprint} vs {found_fp}); adopting them and sending nothing"
     )
+    return PartsPlan(adopt=adopt, create=[], parts=found_parts, notes=notes)

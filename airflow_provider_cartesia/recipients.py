@@ -1,18 +1,8 @@
 """Recipients of a call batch: validated, loaded from SQL, and split into batches the API accepts.
 
-Everything here is checked *before* a request is sent, so a bad row costs nothing but an error
-message. Errors name the offending row by its 1-based position (``recipient #17``) and show at
-most the first four characters of a number (``+141…``), never a whole phone number or any metadata.
-
-- :func:`validate_recipients`: ``[{"to_number": "+1...", "metadata": {...}}, ...]`` as the API takes
-  them; E.164 numbers (ASCII digits), metadata a JSON object without NUL characters nested at most
-  :data:`MAX_METADATA_DEPTH` levels, no number twice (unless allowed). No size limit: Cartesia
-  documents none, so its own 400 decides (the create operator names the recipient it refused).
-- :func:`recipients_from_rows`: rows of a SQL query (a ``to_number`` column, optionally a
-  ``metadata`` column holding a JSON object, every other column a metadata key) as recipients.
-- :func:`load_recipients_from_sql`: run the query on an Airflow SQL connection and do the above.
-- :func:`split_recipients`: more than :data:`MAX_RECIPIENTS_PER_BATCH` recipients become several
-  batches of balanced size, in the given order (5,001 → 2,501 + 2,500).
+Everything is checked before a request is sent. Errors name a row by its 1-based position
+(``recipient #17``) and show at most four characters of a number (``+141…``), never a whole number
+or any metadata. The rules: docs/campaigns.md.
 """
 
 from __future__ import annotations
@@ -21,24 +11,25 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import closing
 from datetime import date, datetime, time
 from decimal import Decimal
 from typing import Any
 from uuid import UUID
 
+from airflow_provider_cartesia.exceptions import CartesiaBadRequestError
 from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
 
+# ASCII digits only: ``\d`` also matches Arabic-Indic or fullwidth digits (one person, three spellings).
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
-"""A destination number as the API takes it: ``+``, a country code and at most 15 ASCII digits in all
-(``\\d`` would also match Arabic-Indic or fullwidth digits: one person under three spellings)."""
+# Cartesia documents no depth limit, but JSON encoders recurse per level (Python's fails near 1,000).
 MAX_METADATA_DEPTH = 100
-"""Deepest nesting of a recipient's metadata (objects and arrays). Cartesia documents none; JSON
-encoders recurse per level (Python's fails near 1,000), so deeper metadata cannot be sent reliably."""
 NUL = "\x00"
 MAX_ERRORS_SHOWN = 5
 RECIPIENT_KEYS = frozenset({"to_number", "metadata"})
 TO_NUMBER_COLUMN = "to_number"
 METADATA_COLUMN = "metadata"
+_REFUSED_RECIPIENT = re.compile(r"\brecipients\[(\d+)\]")
 
 
 class InvalidRecipientsError(ValueError):
@@ -57,8 +48,7 @@ def mask_number(value: object) -> str:
     """At most the first four characters of ``value`` then ``…``: enough to find the row, not to dial it."""
     if not isinstance(value, str):
         return f"a {type(value).__name__}"
-    keep = min(4, len(value) // 2)
-    return f"{value[:keep]}…"
+    return f"{value[: min(4, len(value) // 2)]}…"
 
 
 def _metadata_problem(metadata: object) -> str | None:
@@ -88,16 +78,35 @@ def _metadata_problem(metadata: object) -> str | None:
     return None
 
 
-def validate_recipients(
-    items: Iterable[Any],
-    *,
-    allow_duplicate_numbers: bool = False,
-) -> list[dict[str, Any]]:
+def _recipient_problem(item: Any, position: int, first_seen: dict[str, int], allow_duplicates: bool) -> str | None:
+    """What is wrong with recipient #``position``, or None (``first_seen`` remembers each number's first row)."""
+    if not isinstance(item, Mapping):
+        return f"must be an object with to_number and metadata, got a {type(item).__name__}"
+    unknown = sorted(str(k) for k in item if k not in RECIPIENT_KEYS)
+    if unknown:
+        return f"unknown field(s) {', '.join(unknown)}; put extra fields in metadata"
+    number = item.get("to_number")
+    if not isinstance(number, str):
+        return "to_number is missing" if number is None else f"to_number must be text, got a {type(number).__name__}"
+    if not E164.fullmatch(number):
+        masked = mask_number(number)
+        return f"to_number is not E.164 ({masked}): + and a country code, 2 to 15 ASCII digits (0-9), no spaces"
+    metadata = item.get("metadata")
+    problem = _metadata_problem(metadata) if metadata is not None else None
+    earlier = first_seen.setdefault(number, position) if problem is None else position
+    if earlier != position and not allow_duplicates:
+        return (
+            f"to_number repeats recipient #{earlier} ({mask_number(number)}); "
+            "set allow_duplicate_numbers=True to dial a number more than once"
+        )
+    return problem
+
+
+def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool = False) -> list[dict[str, Any]]:
     """Check every recipient and return them as the API takes them (``metadata`` left out when null).
 
     :param items: mappings with ``to_number`` (E.164 text, ASCII digits) and optionally ``metadata`` (a
-        JSON object).
-        Any other key is an error: put extra fields in ``metadata``.
+        JSON object). Any other key is an error: put extra fields in ``metadata``.
     :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
     :raises InvalidRecipientsError: naming each bad row by position (first few shown), or when empty.
     """
@@ -106,43 +115,13 @@ def validate_recipients(
     first_seen: dict[str, int] = {}
     count = 0
     for count, item in enumerate(items, start=1):
-        where = f"recipient #{count}"
-        if not isinstance(item, Mapping):
-            problems.append(f"{where}: must be an object with to_number and metadata, got a {type(item).__name__}")
-            continue
-        unknown = sorted(str(k) for k in item if k not in RECIPIENT_KEYS)
-        if unknown:
-            problems.append(f"{where}: unknown field(s) {', '.join(unknown)}; put extra fields in metadata")
-            continue
-        number = item.get("to_number")
-        if not isinstance(number, str):
-            what = "is missing" if number is None else f"must be text, got a {type(number).__name__}"
-            problems.append(f"{where}: to_number {what}")
-            continue
-        if not E164.fullmatch(number):
-            problems.append(
-                f"{where}: to_number is not E.164 ({mask_number(number)}): "
-                "+ and a country code, 2 to 15 ASCII digits (0-9), no spaces"
-            )
-            continue
-        metadata = item.get("metadata")
-        if metadata is not None:
-            problem = _metadata_problem(metadata)
-            if problem:
-                problems.append(f"{where}: {problem}")
-                continue
-        if not allow_duplicate_numbers:
-            earlier = first_seen.setdefault(number, count)
-            if earlier != count:
-                problems.append(
-                    f"{where}: to_number repeats recipient #{earlier} ({mask_number(number)}); "
-                    "set allow_duplicate_numbers=True to dial a number more than once"
-                )
-                continue
-        recipient: dict[str, Any] = {"to_number": number}
-        if metadata is not None:
-            recipient["metadata"] = dict(metadata)
-        out.append(recipient)
+        problem = _recipient_problem(item, count, first_seen, allow_duplicate_numbers)
+        if problem:
+            problems.append(f"recipient #{count}: {problem}")
+        elif item.get("metadata") is None:
+            out.append({"to_number": item["to_number"]})
+        else:
+            out.append({"to_number": item["to_number"], "metadata": dict(item["metadata"])})
     if count == 0:
         raise InvalidRecipientsError(["there are none; a batch needs at least one recipient"], 0)
     if problems:
@@ -150,16 +129,8 @@ def validate_recipients(
     return out
 
 
-_REFUSED_RECIPIENT = re.compile(r"\brecipients\[(\d+)\]")
-
-
 def refused_recipient(error: Exception, count: int) -> int | None:
-    """The 0-based index of the recipient a create's 400 names (``recipients[3].metadata ...``), or None.
-
-    Only a 400/422 (:class:`CartesiaBadRequestError`) whose message points into a list of ``count``.
-    """
-    from airflow_provider_cartesia.exceptions import CartesiaBadRequestError
-
+    """The 0-based index of the recipient a create's 400/422 names (``recipients[3].metadata ...``), or None."""
     if not isinstance(error, CartesiaBadRequestError):
         return None
     match = _REFUSED_RECIPIENT.search(error.message or "")
@@ -175,32 +146,52 @@ def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_RECIPIENTS_P
     """
     if max_per_batch < 1:
         raise ValueError("max_per_batch must be at least 1")
-    if not items:
-        return []
     parts = math.ceil(len(items) / max_per_batch)
-    size, extra = divmod(len(items), parts)
-    out: list[list[Any]] = []
-    start = 0
-    for index in range(parts):
-        end = start + size + (1 if index < extra else 0)
-        out.append(list(items[start:end]))
-        start = end
-    return out
+    size, extra = divmod(len(items), parts or 1)
+    bounds = [index * size + min(index, extra) for index in range(parts + 1)]
+    return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
 def json_value(value: Any) -> Any:
     """A database value as a JSON-safe metadata value (dates as ISO 8601, decimals as numbers)."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
+    if value is None or isinstance(value, (bool, int, float, str, Mapping, list, tuple)):
+        return value  # JSON / array columns (psycopg parses them) are checked when validated
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, (datetime, date, time)):
         return value.isoformat()
     if isinstance(value, UUID):
         return str(value)
-    if isinstance(value, (Mapping, list, tuple)):
-        return value  # JSON / array columns (psycopg parses them); checked when validated
     raise TypeError(f"a {type(value).__name__} value has no JSON form")
+
+
+def _row_metadata(row: Sequence[Any], metadata_at: int | None, others: list[tuple[int, str]]) -> dict[str, Any] | None:
+    """A row's metadata: its metadata column's object plus a key per other column (ValueError: why not)."""
+    raw = None if metadata_at is None else row[metadata_at]
+    metadata: dict[str, Any] | None = None
+    if raw is not None:
+        if isinstance(raw, (bytes, bytearray, memoryview)):
+            raw = bytes(raw).decode("utf-8", errors="replace")
+        if isinstance(raw, str):
+            try:
+                raw = json.loads(raw)
+            except RecursionError:
+                raise ValueError("the metadata column is nested too deeply to read as JSON") from None
+            except ValueError:
+                raise ValueError("the metadata column is not valid JSON") from None
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"the metadata column must hold a JSON object, got a {type(raw).__name__}")
+        metadata = dict(raw)
+    if others:
+        metadata = metadata or {}
+        for index, name in others:
+            if name in metadata:
+                raise ValueError(f"column {name} is also a key of the metadata column")
+            try:
+                metadata[name] = json_value(row[index])
+            except TypeError as exc:
+                raise ValueError(f"column {name}: {exc}") from None
+    return metadata
 
 
 def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
@@ -208,8 +199,7 @@ def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
 
     Column names are matched case-insensitively. ``to_number`` is required. A ``metadata`` column
     holds a JSON object (text, or already parsed) or NULL; every other column becomes a metadata key
-    of the same name (a key also in the ``metadata`` object is an error). With neither, a recipient
-    has no metadata.
+    of the same name (a key also in the ``metadata`` object is an error).
     """
     lowered = [str(c).lower() for c in columns]
     if TO_NUMBER_COLUMN not in lowered:
@@ -224,42 +214,12 @@ def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
     out: list[dict[str, Any]] = []
     problems: list[str] = []
     for position, row in enumerate(rows, start=1):
-        where = f"recipient #{position} (row {position} of the query)"
-        metadata: dict[str, Any] | None = None
-        if metadata_at is not None and row[metadata_at] is not None:
-            raw = row[metadata_at]
-            if isinstance(raw, (bytes, bytearray, memoryview)):
-                raw = bytes(raw).decode("utf-8", errors="replace")
-            if isinstance(raw, str):
-                try:
-                    raw = json.loads(raw)
-                except ValueError:
-                    problems.append(f"{where}: the metadata column is not valid JSON")
-                    continue
-                except RecursionError:
-                    problems.append(f"{where}: the metadata column is nested too deeply to read as JSON")
-                    continue
-            if not isinstance(raw, Mapping):
-                problems.append(f"{where}: the metadata column must hold a JSON object, got a {type(raw).__name__}")
-                continue
-            metadata = dict(raw)
-        if others:
-            metadata = metadata or {}
-            try:
-                for index, name in others:
-                    if name in metadata:
-                        raise KeyError(name)
-                    metadata[name] = json_value(row[index])
-            except KeyError as exc:
-                problems.append(f"{where}: column {exc.args[0]} is also a key of the metadata column")
-                continue
-            except TypeError as exc:
-                problems.append(f"{where}: column {name}: {exc}")
-                continue
-        recipient: dict[str, Any] = {"to_number": row[number_at]}
-        if metadata is not None:
-            recipient["metadata"] = metadata
-        out.append(recipient)
+        try:
+            metadata = _row_metadata(row, metadata_at, others)
+        except ValueError as exc:
+            problems.append(f"recipient #{position} (row {position} of the query): {exc}")
+            continue
+        out.append({"to_number": row[number_at]} | ({"metadata": metadata} if metadata is not None else {}))
     if problems:
         raise InvalidRecipientsError(problems)
     return out
@@ -268,13 +228,8 @@ def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
 def load_recipients_from_sql(
     conn_id: str, sql: str, parameters: Mapping[str, Any] | Sequence[Any] | None = None
 ) -> list[dict[str, Any]]:
-    """Run ``sql`` on Airflow connection ``conn_id`` (any common-sql hook) and turn its rows into recipients.
-
-    Neither the statement's rows nor its parameters are logged.
-    """
-    from contextlib import closing
-
-    from airflow_provider_cartesia.warehouse import get_warehouse_hook
+    """Run ``sql`` on Airflow connection ``conn_id`` (any common-sql hook); neither rows nor parameters are logged."""
+    from airflow_provider_cartesia.warehouse import get_warehouse_hook  # import cost: only a SQL source needs it
 
     hook = get_warehouse_hook(conn_id)
     with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cursor:

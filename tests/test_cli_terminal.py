@@ -176,3 +176,18 @@ def test_the_entry_point_runs_in_a_subprocess(cartesia_simulator: CartesiaSimula
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert batch_id in out.stdout and "2 scheduled" in out.stdout
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (("list", "--limit", "0"), "--limit must be at least 1"),
+        (("watch", "acb_1", "--interval", "0"), "--interval must be more than 0 seconds"),
+    ],
+)
+def test_bad_arguments_exit_2_before_any_request(
+    argv: tuple[str, ...], expected: str, cartesia_connection: str, cartesia_simulator: CartesiaSimulator
+):
+    code, text = run("batches", *argv)
+    assert code == 2 and f"error: {expected}" in text
+    assert cartesia_simulator.requests == []

@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_cartesia.idempotency import (
     CLOCK_SKEW_MARGIN,
+    Campaign,
     DuplicateRiskError,
     parse_tag,
     part_name,
@@ -102,18 +103,19 @@ class _Lazy:
 def test_scan_stops_at_the_first_batch_older_than_the_cutoff() -> None:
     mine = part_name("S", KEY, FP, 1, 1)
     batches = _Lazy([_batch("other", 1), _batch(mine, 30), _batch("other", 59), _batch("old", 61), _batch(mine, 62)])
-    result = scan_for_tagged(batches, KEY, not_before=T0 - timedelta(hours=1))
+    result = scan_for_tagged(batches, Campaign(KEY, T0 - timedelta(hours=1)))
     assert [t.batch.name for t in result.found] == [mine]
-    assert (result.batches_seen, result.stopped_at_cutoff, batches.pulled) == (3, True, 4)
+    assert (result.batches_seen, batches.pulled) == (3, 4), "the fourth batch, too old, ends the scan"
 
 
 def test_scan_without_cutoff_reads_everything_and_ignores_missing_created_at() -> None:
     mine = part_name("S", KEY, FP, 1, 1)
     undated = CallBatch(id="acb_x", name=mine, created_at=None)
-    result = scan_for_tagged(_Lazy([_batch("a", 500), undated]), KEY, not_before=None)
+    result = scan_for_tagged(_Lazy([_batch("a", 500), undated]), Campaign(KEY, None))
     assert [t.batch.id for t in result.found] == ["acb_x"]
-    result = scan_for_tagged(_Lazy([undated, _batch("a", 500)]), KEY, not_before=T0)
-    assert result.batches_seen == 1 and result.stopped_at_cutoff
+    batches = _Lazy([undated, _batch("a", 500), _batch("never pulled", 501)])
+    result = scan_for_tagged(batches, Campaign(KEY, T0))
+    assert (result.batches_seen, batches.pulled) == (1, 2)
 
 
 def test_scan_stops_once_every_wanted_part_is_found() -> None:
@@ -126,7 +128,7 @@ def test_scan_stops_once_every_wanted_part_is_found() -> None:
             _batch("never pulled", 4),
         ]
     )
-    result = scan_for_tagged(batches, KEY, not_before=None, until_found=(2, FP, {1, 2}))
+    result = scan_for_tagged(batches, Campaign(KEY, None, FP, 2), {1, 2})
     assert [(t.part, t.parts) for t in result.found] == [(2, 2), (1, 2)]
     assert batches.pulled == 3
 
@@ -149,36 +151,36 @@ def _found(*specs: tuple[int, int, str, float]) -> list:
 
 
 def test_plan_creates_everything_when_nothing_was_found() -> None:
-    plan = plan_parts([], 3, FP)
+    plan = plan_parts([], Campaign(KEY, None, FP, 3))
     assert (plan.adopt, plan.create, plan.parts, plan.notes) == ({}, [1, 2, 3], 3, [])
 
 
 def test_plan_adopts_found_parts_and_creates_only_the_missing_ones() -> None:
-    plan = plan_parts(_found((1, 3, FP, 5), (3, 3, FP, 4)), 3, FP)
+    plan = plan_parts(_found((1, 3, FP, 5), (3, 3, FP, 4)), Campaign(KEY, None, FP, 3))
     assert {p: b.id for p, b in plan.adopt.items()} == {1: f"acb_1_3_{FP}_5", 3: f"acb_3_3_{FP}_4"}
     assert plan.create == [2] and plan.notes == []
 
 
 def test_plan_adopts_the_oldest_of_duplicates_and_says_so() -> None:
-    plan = plan_parts(_found((1, 1, FP, 1), (1, 1, FP, 9)), 1, FP)
+    plan = plan_parts(_found((1, 1, FP, 1), (1, 1, FP, 9)), Campaign(KEY, None, FP, 1))
     assert plan.adopt[1].id == f"acb_1_1_{FP}_9" and plan.create == []
     assert plan.notes == [f"part 1 exists more than once; adopting the oldest, acb_1_1_{FP}_9 (also: acb_1_1_{FP}_1)"]
 
 
 def test_plan_adopts_a_complete_earlier_list_and_sends_nothing() -> None:
-    plan = plan_parts(_found((1, 2, "aaaaaa", 5), (2, 2, "aaaaaa", 5)), 3, FP)
+    plan = plan_parts(_found((1, 2, "aaaaaa", 5), (2, 2, "aaaaaa", 5)), Campaign(KEY, None, FP, 3))
     assert sorted(plan.adopt) == [1, 2] and plan.create == [] and plan.parts == 2
     assert "for a different recipient list" in plan.notes[0] and "sending nothing" in plan.notes[0]
 
 
 def test_plan_refuses_to_complete_an_earlier_list_that_differs() -> None:
     with pytest.raises(DuplicateRiskError, match="created 1 of 2 part"):
-        plan_parts(_found((1, 2, "aaaaaa", 5)), 2, FP)
+        plan_parts(_found((1, 2, "aaaaaa", 5)), Campaign(KEY, None, FP, 2))
 
 
 def test_plan_refuses_two_different_earlier_lists() -> None:
     with pytest.raises(DuplicateRiskError, match="different recipient lists"):
-        plan_parts(_found((1, 1, "aaaaaa", 5), (1, 1, FP, 2)), 1, FP)
+        plan_parts(_found((1, 1, "aaaaaa", 5), (1, 1, FP, 2)), Campaign(KEY, None, FP, 1))
 
 
 @pytest.mark.parametrize(

@@ -437,7 +437,7 @@ def test_no_recipients_can_skip(
         ({"target_concurrency_limit": 0}, "target_concurrency_limit must be at least 1"),
         ({"target_concurrency_limit": True}, "target_concurrency_limit must be an integer"),
         ({"region": "us"}, "region must be one of US, EU, APAC"),
-        ({"scheduled_at": datetime(2026, 6, 1)}, "has no timezone"),
+        ({"scheduled_at": datetime(2026, 6, 1)}, "has no time zone"),
         ({"recipients": RECIPIENTS, "recipients_sql": "SELECT 1"}, "give exactly one of recipients and recipients_sql"),
         ({"recipients": None}, "give exactly one of recipients and recipients_sql"),
         ({"recipients": None, "recipients_sql": "SELECT 1"}, "recipients_sql needs warehouse_conn_id"),
@@ -458,7 +458,7 @@ def test_bad_options_fail_when_the_dag_is_parsed(kwargs: dict[str, Any], expecte
         (lambda now: (now - timedelta(minutes=1)).isoformat(), "is not in the future"),
         (lambda now: (now + timedelta(days=31)).isoformat(), "is more than 30 days ahead"),
         (lambda now: "tomorrow at nine", "is not an RFC 3339 date-time"),
-        (lambda now: "2026-06-15T16:00:00", "has no timezone"),
+        (lambda now: "2026-06-15T16:00:00", "has no time zone"),
     ],
 )
 def test_bad_scheduled_at_fails_before_any_request(
@@ -558,6 +558,11 @@ def test_a_bad_row_from_sql_fails_before_any_request(
         _op(recipients=None, recipients_sql=sql, warehouse_conn_id="crm").execute(_context(FakeTI(), run_after))
     assert "recipients_sql on connection 'crm'" in str(info.value)
     assert "recipient #4: to_number is not E.164 (not-…)" in str(info.value)
+    with pytest.raises(AirflowFailException) as info:
+        _op(recipients=None, recipients_sql="SELECT phone FROM contacts", warehouse_conn_id="crm").execute(
+            _context(FakeTI(), run_after)
+        )
+    assert str(info.value).startswith("recipients_sql on connection 'crm': Invalid recipients: the query returns no")
     assert cartesia_simulator.requests == []
 
 

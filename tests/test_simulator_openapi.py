@@ -34,6 +34,13 @@ SPEC_FILE = Path(__file__).parent / "data" / "cartesia-openapi-agent-calls.yaml"
 SPEC_URI = "urn:cartesia:openapi-agent-calls"
 BATCHES = "/agents/calls/batches"
 CALLS = "/agents/calls"
+NOT_SERVED = {
+    "agents_create-outbound-call",
+    "agents_delete-call",
+    "agents_cancel-call",
+    "agents_download-call-audio",
+}
+"""Operations of the extract the hook never calls: the simulator does not serve them."""
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$")
 
 # The documented error body (cartesia-api.md §4).
@@ -166,11 +173,6 @@ class SpecClient:
             return response.json()
         content_types = list(operation["responses"][str(status)]["content"])
         assert response.headers["Content-Type"] in content_types
-        if response.headers["Content-Type"] == "audio/wav":
-            assert response.content[:4] == b"RIFF"
-            assert response.content[8:12] == b"WAVE"
-            self.checked.add((operation_id, status))
-            return response.content
         body = response.json()
         for strict in (False, True):
             spec(strict).validator(spec(strict).schema_for(operation_id, status)).validate(body)
@@ -285,21 +287,9 @@ def test_every_operation_answers_per_its_schema(sim: CartesiaSimulator, api: Spe
     call_id = calls[0]["id"]
     api.call("GET", CALLS, 200, params={"agent_id": "agent_1", "expand": "transcript"})
     api.call("GET", f"{CALLS}/{call_id}", 200)
-    api.call("GET", f"{CALLS}/{call_id}/audio", 200)
-    api.call("DELETE", f"{CALLS}/{call_id}", 200)
-
-    outbound = api.call(
-        "POST",
-        CALLS,
-        200,
-        json={"agent_id": "agent_1", "from_number_id": "pn_1", "outbound_calls": [{"to_number": "+14155550199"}]},
-    )
-    live_call = outbound["calls"][0]["agent_call_id"]
-    sim.clock.advance(15)
-    api.call("POST", f"{CALLS}/{live_call}/cancel", 200)
 
     covered = {operation_id for operation_id, status in api.checked if status < 300}
-    assert covered == spec(False).operation_ids()
+    assert covered == spec(False).operation_ids() - NOT_SERVED
 
 
 def test_a_batch_with_recipients_in_every_status(sim: CartesiaSimulator, api: SpecClient):
@@ -391,25 +381,10 @@ def test_calls_in_every_state_with_and_without_transcript(sim: CartesiaSimulator
     sim.clock.advance(600)
     for call in api.call("GET", CALLS, 200, params={"batch_id": batch_id, "expand": "transcript"})["data"]:
         statuses.add(call["status"])
-        redacted = api.call("DELETE", f"{CALLS}/{call['id']}", 200)
-        assert redacted["redacted_at"] is not None
     assert statuses == {"created", "started", "completed", "failed"}
-    api.call("GET", CALLS, 200, params={"batch_id": batch_id, "expand": "transcript"})  # redacted list
-
-
-def test_single_outbound_calls_with_a_pre_dial_error(sim: CartesiaSimulator, api: SpecClient):
-    sim.outcomes = {"pre_dial_failure": 1.0}
-    body = {"agent_id": "agent_1", "from_number_id": "pn_1", "outbound_calls": [{"to_number": "+14155550199"}]}
-    failed = api.call("POST", CALLS, 200, json=body)
-    assert "error" in failed["calls"][0]
-    sim.outcomes = None
-    ok = api.call("POST", CALLS, 200, json={**body, "outbound_calls": [{"to_number": "+14155550198"}] * 3})
-    assert len(ok["calls"]) == 3
 
 
 # -- errors -----------------------------------------------------------------------------------------
-
-OUTBOUND = {"agent_id": "agent_1", "from_number_id": "pn_1", "outbound_calls": [{"to_number": "+14155550199"}]}
 
 
 @pytest.mark.parametrize(
@@ -424,12 +399,7 @@ OUTBOUND = {"agent_id": "agent_1", "from_number_id": "pn_1", "outbound_calls": [
         ("GET", CALLS, {}, 400),
         ("GET", CALLS, {"params": {"batch_id": "acb_nope"}}, 404),
         ("GET", CALLS, {"params": {"agent_id": "a", "limit": 500}}, 400),
-        ("POST", CALLS, {"json": {"agent_id": "a"}}, 400),
-        ("POST", CALLS, {"json": {**OUTBOUND, "agent_id": "agent_missing"}}, 404),
         ("GET", f"{CALLS}/ac_nope", {}, 404),
-        ("DELETE", f"{CALLS}/ac_nope", {}, 404),
-        ("POST", f"{CALLS}/ac_nope/cancel", {}, 404),
-        ("GET", f"{CALLS}/ac_nope/audio", {}, 404),
         ("GET", "/agents/nothing", {}, 404),
         ("PATCH", BATCHES, {}, 405),
     ],
@@ -438,13 +408,8 @@ def test_error_bodies_have_the_documented_shape(api: SpecClient, method, path, k
     api.call(method, path, status, **kwargs)
 
 
-def test_auth_rate_limit_and_state_errors_have_the_documented_shape(sim: CartesiaSimulator, api: SpecClient):
-    batch_id = sim.seed_batch(recipients=1, call_seconds=(100.0, 100.0), outcomes={"completed": 1.0})
-    sim.clock.advance(1)
-    call_id = sim.batch(batch_id)["recipients"][0]["agent_call_id"]
-    api.call("DELETE", f"{CALLS}/{call_id}", 400)  # not terminal
-    api.call("POST", f"{CALLS}/{call_id}/cancel", 400)  # ringing, not started
-    api.call("GET", f"{CALLS}/{call_id}/audio", 404)
+def test_auth_and_rate_limit_errors_have_the_documented_shape(sim: CartesiaSimulator, api: SpecClient):
+    batch_id = sim.seed_batch(recipients=1)
     sim.inject("GET", f"{BATCHES}/*", Fault.rate_limited(retry_after="1"))
     assert api.call("GET", f"{BATCHES}/{batch_id}", 429)["error_code"] == "concurrency_limited"
     api.session.headers["Authorization"] = "Bearer sk_car_wrong"

@@ -1,10 +1,4 @@
-"""Start and stop Cartesia call batches from a DAG, never dialing anyone twice.
-
-:class:`CreateCallBatchOperator` validates the recipients and options before anything is sent,
-names every batch with a tag of its task instance, and adopts the batch an earlier try of the same
-task instance created instead of creating it again (see :mod:`airflow_provider_cartesia.idempotency`).
-:class:`CancelCallBatchOperator` stops a batch's queued calls, idempotently.
-"""
+"""Start and stop Cartesia call batches from a DAG, never dialing anyone twice (see docs/campaigns.md)."""
 
 from __future__ import annotations
 
@@ -15,26 +9,52 @@ from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from airflow.sdk import BaseOperator
+from airflow.sdk import BaseOperator, XComArg
 
 from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, conf
+from airflow_provider_cartesia.exceptions import (
+    CartesiaCancelError,
+    CartesiaCreateOutcomeUnknownError,
+    CartesiaError,
+    CartesiaResponseError,
+    CartesiaServerError,
+    is_permanent,
+)
+from airflow_provider_cartesia.idempotency import (
+    Campaign,
+    DuplicateRiskError,
+    PartsPlan,
+    ScanResult,
+    parts_report,
+    plan_parts,
+    recipients_fingerprint,
+    scan_for_tagged,
+    scan_not_before,
+    task_instance_key,
+)
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
-from airflow_provider_cartesia.models import WaitFor
+from airflow_provider_cartesia.models import WaitFor, aware_datetime
+from airflow_provider_cartesia.recipients import (
+    InvalidRecipientsError,
+    load_recipients_from_sql,
+    mask_number,
+    refused_recipient,
+    split_recipients,
+    validate_recipients,
+)
 from airflow_provider_cartesia.waiting import (
     DEFAULT_FAILURE_STATUSES,
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SUCCESS_STATUSES,
     CallBatchWaitMixin,
     WaitCriteria,
-    is_fatal,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-    from airflow_provider_cartesia.idempotency import PartsPlan
     from airflow_provider_cartesia.models import CallBatch
 
 CALL_BATCH_IDS_XCOM_KEY = "cartesia_batch_ids"
@@ -45,12 +65,10 @@ REGIONS = ("US", "EU", "APAC")
 RINGING_TIMEOUT_RANGE = (5, 80)
 MAX_CALL_DURATION_RANGE = (1, 480)
 SCHEDULE_HORIZON = timedelta(days=30)
-GATEWAY_STATUSES = frozenset({502, 504})
-"""Create answers from a proxy that may have forwarded the request: the outcome is unknown."""
+GATEWAY_STATUSES = frozenset({502, 504})  # a proxy's answer: it may have forwarded the create
 DEFAULT_POKE_INTERVAL = 60.0
 DEFAULT_WAIT_TIMEOUT = 7 * 24 * 3600.0
-VERIFY_DELAY = 5.0
-"""Seconds between the two looks for a batch whose create got no usable answer."""
+VERIFY_DELAY = 5.0  # seconds between the two looks for a create whose outcome is unknown
 
 
 def _int_in_range(name: str, value: Any, low: int, high: int | None) -> int | None:
@@ -71,24 +89,6 @@ def _seconds(name: str, value: float | timedelta) -> float:
     return seconds
 
 
-def parse_scheduled_at(value: Any) -> datetime | None:
-    """``scheduled_at`` as an aware UTC datetime: from a datetime or RFC 3339 text with an offset; '' is None."""
-    if value is None or (isinstance(value, str) and not value.strip()):
-        return None
-    if isinstance(value, str):
-        try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise ValueError(
-                f"scheduled_at {value!r} is not an RFC 3339 date-time (e.g. 2026-06-15T16:00:00Z)"
-            ) from None
-    if not isinstance(value, datetime):
-        raise ValueError(f"scheduled_at must be a datetime or RFC 3339 text, got a {type(value).__name__}")
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"scheduled_at {value.isoformat()} has no timezone; give an offset such as Z or +02:00")
-    return value.astimezone(timezone.utc)
-
-
 def schedule_problem(scheduled_at: datetime | None, now: datetime) -> str | None:
     """Why Cartesia would refuse ``scheduled_at`` now (in the past, or more than 30 days ahead), or None."""
     if scheduled_at is None:
@@ -105,12 +105,10 @@ def _fail(message: str, exc: BaseException | None = None) -> NoReturn:
 
 
 class RecipientsField:
-    """The ``recipients`` template field: rendered like any template, stored and shown as a count.
+    """The ``recipients`` template field: rendered in place like any template, stored and shown as a count.
 
-    Airflow stores every rendered template field in its metadata database and shows it in the UI,
-    as ``str()`` for an object that is not JSON. Airflow renders this object's ``value`` in place as
-    a nested template field, in mapped and unmapped tasks alike, so the phone numbers and metadata
-    stay on the task object and never reach the table.
+    Airflow stores every rendered template field and shows it in the UI (``str()`` of an object that
+    is not JSON); as a nested template field, the numbers and metadata stay on the task object.
     """
 
     template_fields: Sequence[str] = ("value",)
@@ -129,38 +127,12 @@ class RecipientsField:
 class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     """Create a Cartesia call batch (a campaign of outbound calls), at most once per task instance.
 
-    **Never the same batch twice.** Cartesia has no idempotency key and Airflow retries tasks, so the
-    batch is named ``<name> [af:<key>.<list>]``: ``key`` hashes dag_id, task_id, run_id and map index,
-    ``list`` the recipient list. Before creating, the operator lists the agent's batches (newest first,
-    back to the DAG run's ``run_after``) and adopts one an earlier try of this task instance created:
-    a retried or cleared task re-attaches, a new DAG run creates a new batch. When a create gets no
-    usable answer (timeout or dropped connection after sending, a 502/504 from a proxy, a 2xx with a
-    body that cannot be read) it is never resent: the operator looks for the batch twice, 5 s apart,
-    and adopts it; if Cartesia still does not list it, the task fails **without retrying**, saying
-    which name to look for (clear the task once you know: it adopts the batch if it exists, or
-    creates it). Limits: a worker that dies after sending a create leaves the decision to the retry's
-    lookup, which relies on Cartesia listing the batch by then; two tries running at once (a zombie
-    and its retry) can both create.
-
-    **Recipients**, exactly one source: ``recipients``, a list of ``{"to_number": "+1...", "metadata":
-    {...}}`` (templated; an XComArg such as ``task.output``, or JSON text), or ``recipients_sql`` run on
-    ``warehouse_conn_id`` (any common-sql connection), returning a ``to_number`` column and optionally
-    a ``metadata`` column (a JSON object) and other columns (each becomes a metadata key). Everything
-    is validated before the first request: E.164 numbers (ASCII digits), metadata a JSON object (no
-    NUL, at most 100 levels deep; no size limit: Cartesia's own 400 is turned into an error naming the
-    recipient), no number twice, the option ranges of the API. Errors name rows by position
-    (``recipient #17``) and show at most 4 characters of a number; numbers and metadata never reach
-    logs, XCom or the rendered-template view of a mapped or unmapped task (which shows a count).
-
-    **More than 5,000 recipients** (the API's maximum) become several batches of balanced size, in
-    order, named ``<name> (1/3) [af:…]``, ``<name> (2/3) [af:…]``, ...; a retry creates only the
-    missing parts. If a retry's recipient list differs from the one an earlier try sent (the query
-    returned other rows), the earlier try's batches are adopted when complete, and the task fails
-    rather than mixing two lists when they are not.
-
-    **Returns** the batch id, or the list of ids when split. XCom ``cartesia_batch_ids`` always holds
-    the list (pushed as soon as it is known, before any wait); ``cartesia_batch_id`` the first id, or
-    while waiting the part being waited for (the "Cartesia call batch" link points at it).
+    The batch is named ``<name> [af:<key>.<list>]`` after its task instance and recipient list; a retried
+    or cleared task adopts the batch an earlier try created, and a create whose outcome is unknown is
+    looked for, never resent. More than 5,000 recipients become several batches of balanced size; a
+    retry creates only the missing ones. Everything is validated before the first request; numbers and
+    metadata never reach logs, XCom or the rendered-template view. Returns the batch id (the list of ids
+    when split); XCom ``cartesia_batch_ids`` always holds the list. How and why: docs/campaigns.md.
 
     **wait_for_completion=True** then waits exactly as
     :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (the same shared code:
@@ -172,8 +144,10 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     :param name: the batch's label (templated); the tag is appended.
     :param agent_id: the agent that handles the calls (templated).
     :param from_number_id: the phone number id to call from (templated).
-    :param recipients: recipient mappings (templated).
-    :param recipients_sql: a query returning the recipients (templated; may be a ``.sql`` file).
+    :param recipients: ``[{"to_number": "+1...", "metadata": {...}}, ...]`` (templated; an XComArg such
+        as ``task.output``, or JSON text). Exactly one of ``recipients`` and ``recipients_sql``.
+    :param recipients_sql: a query returning a ``to_number`` column, optionally a ``metadata`` column (a
+        JSON object) and other columns, each a metadata key (templated; may be a ``.sql`` file).
     :param warehouse_conn_id: the SQL connection ``recipients_sql`` runs on (templated).
     :param recipients_sql_parameters: bind parameters of ``recipients_sql`` (templated).
     :param target_concurrency_limit: most calls of the batch at once (>= 1, at most the org's limit).
@@ -257,8 +231,6 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         if recipients is not None and not getattr(self, "_BaseOperator__from_mapped", False):
             # Airflow does not look inside the field. A mapped task got its upstreams when it was
             # mapped; its unmapped copy (on 3.0 in the DAG's serialized twin) must not set them again.
-            from airflow.sdk import XComArg
-
             XComArg.apply_upstream_relationship(self, recipients)
         self.recipients_sql = recipients_sql
         self.warehouse_conn_id = warehouse_conn_id
@@ -271,7 +243,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             "max_call_duration_minutes", max_call_duration_minutes, *MAX_CALL_DURATION_RANGE
         )
         if not isinstance(scheduled_at, str):
-            parse_scheduled_at(scheduled_at)  # a datetime is checked now; text once rendered
+            aware_datetime(scheduled_at, "scheduled_at")  # a datetime is checked now; text once rendered
         self.scheduled_at = scheduled_at
         self.region = region
         self.allow_duplicate_numbers = allow_duplicate_numbers
@@ -296,64 +268,29 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         return other
 
     def execute(self, context: Context) -> str | list[str]:
-        from airflow_provider_cartesia.idempotency import (
-            parts_report,
-            recipients_fingerprint,
-            scan_not_before,
-            task_instance_key,
-        )
-        from airflow_provider_cartesia.recipients import split_recipients
-
         if not isinstance(self.name, str) or not self.name.strip():
             _fail("name must be a non-empty string")
         try:
-            scheduled_at = parse_scheduled_at(self.scheduled_at)
+            scheduled_at = aware_datetime(self.scheduled_at, "scheduled_at")
         except ValueError as exc:
             _fail(str(exc), exc)
-        ti = context["ti"]
-        key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
-        dag_run = context.get("dag_run")
-        not_before = scan_not_before(getattr(dag_run, "run_after", None))
         try:
             recipients = self._recipients()
         except AirflowFailException as exc:
-            raise AirflowFailException(f"{exc}. {self._what_exists(ti, key, not_before)}") from exc
+            raise AirflowFailException(f"{exc}. {self._what_exists(context)}") from exc
         parts = split_recipients(recipients)
         sizes = ", ".join(f"{len(p):,}" for p in parts)
-        self.log.info(
-            "%s recipient(s) validated; %s",
-            f"{len(recipients):,}",
-            f"{len(parts)} batches of {sizes}" if len(parts) > 1 else "one batch",
-        )
-        fingerprint = recipients_fingerprint(recipients)
+        batches = f"{len(parts)} batches of {sizes}" if len(parts) > 1 else "one batch"
+        self.log.info("%s recipient(s) validated; %s", f"{len(recipients):,}", batches)
+        campaign = self._campaign(context, recipients_fingerprint(recipients), len(parts))
+        ti = context["ti"]
         problem = schedule_problem(scheduled_at, datetime.now(timezone.utc))
         if problem and (ti.try_number or 1) <= 1:
-            # A first try fails before sending anything. (Were this run deleted and recreated under the
-            # same run_id, a batch of the old run would not be adopted here; but nothing is created.)
-            _fail(problem)
-
-        plan = self._plan(key, fingerprint, len(parts), not_before)
+            _fail(problem)  # a first try fails before sending anything
+        plan = self._plan(campaign)
         if plan.create and problem:
             _fail(f"{problem}; an earlier try created {len(plan.adopt)} of {plan.parts} batch(es)")
-        batches = dict(plan.adopt)
-        self._batch_ids = [b.id for _, b in sorted(batches.items())]
-        for part in plan.create:
-            first = 1 + sum(len(p) for p in parts[: part - 1])
-            try:
-                batches[part] = self._create_part(
-                    part, plan.parts, parts[part - 1], first, key, fingerprint, not_before, scheduled_at
-                )
-            except Exception as exc:
-                if plan.parts == 1:
-                    raise
-                report = parts_report({p: b.id for p, b in batches.items()}, plan.parts)
-                if isinstance(exc, AirflowFailException):
-                    raise AirflowFailException(f"{exc}. {report}") from exc
-                self.log.error("%s; a retry adopts the created parts and creates the others", report)
-                raise
-            self._batch_ids = [b.id for _, b in sorted(batches.items())]
-
-        ids = [batches[p].id for p in range(1, plan.parts + 1)]
+        ids = self._create_missing(campaign, plan, parts, scheduled_at)
         ti.xcom_push(key=CALL_BATCH_IDS_XCOM_KEY, value=ids)
         CallBatchLink.persist(context, ids[0])
         if self.wait_for_completion:
@@ -361,55 +298,53 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         return ids[0] if len(ids) == 1 else ids
 
     def _recipients(self) -> list[dict[str, Any]]:
-        """The validated recipient list (AirflowFailException when invalid; retries cannot fix data)."""
-        from airflow_provider_cartesia.recipients import (
-            InvalidRecipientsError,
-            load_recipients_from_sql,
-            validate_recipients,
-        )
-
-        items: Any
-        if self.recipients_sql is not None:
-            if not self.warehouse_conn_id:
-                _fail("recipients_sql needs warehouse_conn_id")
-            try:
+        """The validated recipient list (AirflowFailException when invalid: retries cannot fix data)."""
+        source = "recipients"
+        try:
+            if self.recipients_sql is None:
+                items = self._listed_recipients()
+            else:
+                source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
+                if not self.warehouse_conn_id:
+                    _fail("recipients_sql needs warehouse_conn_id")
                 items = load_recipients_from_sql(
                     self.warehouse_conn_id, self.recipients_sql, self.recipients_sql_parameters
                 )
-            except InvalidRecipientsError as exc:
-                _fail(f"recipients_sql: {exc}", exc)
-            source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
-        else:
-            items = self.recipients.value if self.recipients is not None else None
-            if isinstance(items, str):
-                try:
-                    items = json.loads(items)
-                except RecursionError:
-                    _fail("recipients rendered to JSON text nested too deeply to read; flatten the metadata")
-                except ValueError:
-                    _fail(
-                        "recipients rendered to text that is not JSON; pass an XComArg (task.output) or a list, "
-                        "or set render_template_as_native_obj=True on the DAG"
-                    )
-            if isinstance(items, Mapping) or not isinstance(items, Iterable):
-                _fail(f"recipients must be a list of {{to_number, metadata}} objects, got a {type(items).__name__}")
-            items = list(items)
-            source = "recipients"
-        if not items and self.skip_if_no_recipients:
-            raise AirflowSkipException(f"No recipients from {source}; nothing to call")
-        try:
+            if not items and self.skip_if_no_recipients:
+                raise AirflowSkipException(f"No recipients from {source}; nothing to call")
             return validate_recipients(items, allow_duplicate_numbers=self.allow_duplicate_numbers)
         except InvalidRecipientsError as exc:
             _fail(f"{source}: {exc}", exc)
 
-    def _what_exists(self, ti: Any, key: str, not_before: datetime | None) -> str:
-        """For a failure before any create: nothing was sent, or what earlier tries of this task created."""
-        from airflow_provider_cartesia.exceptions import CartesiaError
+    def _listed_recipients(self) -> list[Any]:
+        """The rendered ``recipients`` as a list (JSON text is read)."""
+        items = self.recipients.value if self.recipients is not None else None
+        if isinstance(items, str):
+            try:
+                items = json.loads(items)
+            except RecursionError:
+                _fail("recipients rendered to JSON text nested too deeply to read; flatten the metadata")
+            except ValueError:
+                _fail(
+                    "recipients rendered to text that is not JSON; pass an XComArg (task.output) or a list, "
+                    "or set render_template_as_native_obj=True on the DAG"
+                )
+        if isinstance(items, Mapping) or not isinstance(items, Iterable):
+            _fail(f"recipients must be a list of {{to_number, metadata}} objects, got a {type(items).__name__}")
+        return list(items)
 
-        if (ti.try_number or 1) <= 1:
+    def _campaign(self, context: Context, fingerprint: str = "", parts: int = 0) -> Campaign:
+        ti = context["ti"]
+        run_after = getattr(context.get("dag_run"), "run_after", None)
+        key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
+        return Campaign(key, scan_not_before(run_after), fingerprint, parts)
+
+    def _what_exists(self, context: Context) -> str:
+        """For a failure before any create: nothing was sent, or what earlier tries of this task created."""
+        if (context["ti"].try_number or 1) <= 1:
             return "No call batch was created"
         try:
-            found = self._scan(key, not_before, None).found
+            found = self._scan(self._campaign(context)).found
         except CartesiaError as exc:
             return f"This try created no call batch; whether earlier tries did is unknown (listing failed: {exc})"
         if not found:
@@ -417,27 +352,20 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         ids = ", ".join(f"{t.batch.id} (part {t.part} of {t.parts})" for t in sorted(found, key=lambda t: t.part))
         return f"This try created no call batch; earlier tries of this task created: {ids}"
 
-    def _scan(self, key: str, not_before: datetime | None, until: tuple[int, str, Collection[int]] | None) -> Any:
-        from airflow_provider_cartesia.idempotency import scan_for_tagged
-
-        result = scan_for_tagged(
-            self.hook.list_call_batches(agent_id=self.agent_id), key, not_before=not_before, until_found=until
-        )
+    def _scan(self, campaign: Campaign, wanted: Collection[int] = ()) -> ScanResult:
+        result = scan_for_tagged(self.hook.list_call_batches(agent_id=self.agent_id), campaign, wanted)
         self.log.info(
             "Looked for batches of this task instance (tag key %s) among %d batch(es) of agent %s: found %d",
-            key,
+            campaign.key,
             result.batches_seen,
             self.agent_id,
             len(result.found),
         )
         return result
 
-    def _plan(self, key: str, fingerprint: str, parts: int, not_before: datetime | None) -> PartsPlan:
-        from airflow_provider_cartesia.idempotency import DuplicateRiskError, plan_parts
-
-        scan = self._scan(key, not_before, (parts, fingerprint, range(1, parts + 1)))
+    def _plan(self, campaign: Campaign) -> PartsPlan:
         try:
-            plan = plan_parts(scan.found, parts, fingerprint)
+            plan = plan_parts(self._scan(campaign, range(1, campaign.parts + 1)).found, campaign)
         except DuplicateRiskError as exc:
             _fail(f"Not creating any call batch: {exc}. Check these batches on Cartesia.", exc)
         for note in plan.notes:
@@ -446,81 +374,74 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             self.log.info("Adopting batch %s (%r), created by an earlier try of this task", batch.id, batch.name)
         return plan
 
-    def _create_part(
-        self,
-        part: int,
-        parts: int,
-        recipients: list[dict[str, Any]],
-        first: int,
-        key: str,
-        fingerprint: str,
-        not_before: datetime | None,
-        scheduled_at: datetime | None,
-    ) -> CallBatch:
-        """Create one part (its recipients are #``first``... of the list); when its outcome is unknown,
-        find it rather than send it again."""
-        from airflow_provider_cartesia.exceptions import (
-            CartesiaCreateOutcomeUnknownError,
-            CartesiaError,
-            CartesiaResponseError,
-            CartesiaServerError,
-        )
-        from airflow_provider_cartesia.idempotency import part_name
-        from airflow_provider_cartesia.recipients import mask_number, refused_recipient
+    def _create_missing(
+        self, campaign: Campaign, plan: PartsPlan, parts: list[list[Any]], scheduled_at: datetime | None
+    ) -> list[str]:
+        """Create the parts the plan does not adopt; a failure says which parts exist."""
+        batches = dict(plan.adopt)
+        for part in plan.create:
+            self._batch_ids = [b.id for _, b in sorted(batches.items())]
+            first = 1 + sum(len(p) for p in parts[: part - 1])
+            try:
+                batches[part] = self._create_part(campaign, part, parts[part - 1], first, scheduled_at)
+            except Exception as exc:
+                if plan.parts == 1:
+                    raise
+                report = parts_report({p: b.id for p, b in batches.items()}, plan.parts)
+                if isinstance(exc, AirflowFailException):
+                    raise AirflowFailException(f"{exc}. {report}") from exc
+                self.log.error("%s; a retry adopts the created parts and creates the others", report)
+                raise
+        self._batch_ids = [batches[p].id for p in range(1, plan.parts + 1)]
+        return self._batch_ids
 
-        name = part_name(self.name, key, fingerprint, part, parts)
-        options = {
-            "target_concurrency_limit": self.target_concurrency_limit,
-            "ringing_timeout_seconds": self.ringing_timeout_seconds,
-            "max_call_duration_minutes": self.max_call_duration_minutes,
-            "scheduled_at": scheduled_at,
-            "region": self.region,
-        }
+    def _create_part(
+        self, campaign: Campaign, part: int, recipients: list[dict[str, Any]], first: int, scheduled_at: datetime | None
+    ) -> CallBatch:
+        """Create one part (its recipients are #``first``... of the list); find it rather than resend it."""
+        name = campaign.part_name(self.name, part)
         self.log.info("Creating call batch %r with %s recipient(s)", name, f"{len(recipients):,}")
         try:
-            batch = self.hook.create_call_batch(name, self.agent_id, self.from_number_id, recipients, **options)
-        except (CartesiaCreateOutcomeUnknownError, CartesiaResponseError) as exc:
-            return self._recover(name, part, parts, key, fingerprint, not_before, exc)
-        except CartesiaServerError as exc:
-            if exc.status_code in GATEWAY_STATUSES:
-                return self._recover(name, part, parts, key, fingerprint, not_before, exc)
-            raise  # Cartesia answered that it could not create the batch: a retry looks first, then creates
+            batch = self.hook.create_call_batch(
+                name,
+                self.agent_id,
+                self.from_number_id,
+                recipients,
+                target_concurrency_limit=self.target_concurrency_limit,
+                ringing_timeout_seconds=self.ringing_timeout_seconds,
+                max_call_duration_minutes=self.max_call_duration_minutes,
+                scheduled_at=scheduled_at,
+                region=self.region,
+            )
         except CartesiaError as exc:
+            if isinstance(exc, (CartesiaCreateOutcomeUnknownError, CartesiaResponseError)) or (
+                isinstance(exc, CartesiaServerError) and exc.status_code in GATEWAY_STATUSES
+            ):
+                return self._recover(campaign, part, name, exc)
             refused = refused_recipient(exc, len(recipients))
             if refused is not None:
                 number = mask_number(recipients[refused]["to_number"])
                 _fail(f"Cartesia refused recipient #{first + refused} ({number}) of call batch {name!r}: {exc}", exc)
-            if is_fatal(exc):
+            if is_permanent(exc):
                 _fail(f"Cartesia refused to create call batch {name!r}: {exc}", exc)
-            raise
+            raise  # e.g. a 500: Cartesia says it created nothing; a retry looks first, then creates
         self.log.info("Created call batch %s (%r)", batch.id, name)
         return batch
 
-    def _recover(
-        self,
-        name: str,
-        part: int,
-        parts: int,
-        key: str,
-        fingerprint: str,
-        not_before: datetime | None,
-        cause: BaseException,
-    ) -> CallBatch:
+    def _recover(self, campaign: Campaign, part: int, name: str, cause: BaseException) -> CallBatch:
         """The create may or may not have reached Cartesia: look for it twice; adopt it or fail without retry."""
-        from airflow_provider_cartesia.exceptions import CartesiaError
-
         self.log.warning("No usable answer to the create of %r (%s); looking for it instead of resending", name, cause)
         errors: list[str] = []
         for attempt in range(2):
             if attempt:
                 self._sleep(self.verify_delay)
             try:
-                scan = self._scan(key, not_before, (parts, fingerprint, (part,)))
+                found = self._scan(campaign, (part,)).found
             except CartesiaError as exc:
                 errors.append(str(exc))
                 continue
-            for tagged in scan.found:
-                if (tagged.part, tagged.parts, tagged.fingerprint) == (part, parts, fingerprint):
+            for tagged in found:
+                if (tagged.part, tagged.parts, tagged.fingerprint) == (part, campaign.parts, campaign.fingerprint):
                     self.log.info("Cartesia has it: adopting call batch %s (%r)", tagged.batch.id, name)
                     return tagged.batch
         looked = "could not list the batches (" + "; ".join(errors) + ")" if len(errors) == 2 else "it is not listed"
@@ -582,10 +503,8 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
 
     def on_kill(self) -> None:
         """Cancel the batches created or adopted so far, only when ``cancel_on_kill=True``."""
-        if not self.cancel_on_kill or not self._batch_ids:
+        if not self.cancel_on_kill:
             return
-        from airflow_provider_cartesia.exceptions import CartesiaError
-
         for batch_id in self._batch_ids:
             try:
                 batch = self.hook.cancel_call_batch(batch_id)
@@ -596,19 +515,16 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
 
 
 CANCELLED_XCOM_KEY = "cartesia_cancelled"
-"""XCom key under which a partly failed cancel of several batches publishes the summaries of those it cancelled."""
+"""XCom key of the summaries of the batches a partly failed cancel of several batches did cancel."""
 
 
 class CancelCallBatchOperator(BaseOperator):
     """Stop dialing a call batch's queued recipients; calls in flight finish. Idempotent.
 
-    A batch that is already over (``completed``, ``failed`` or ``cancelled``) is left alone and the task
-    succeeds, saying so. Returns the batch's summary (:meth:`CallBatch.summary`, counts only), read
-    after the cancel; given a list of ids (the create operator's return value when split), tries every
-    batch, even after one failed, and returns the list of summaries. A batch that could not be cancelled
-    fails the task once all were tried, naming each one and why; the others' summaries are in XCom under
-    :data:`CANCELLED_XCOM_KEY`. Permanent errors (400/401/402/403/404) fail without retrying; transient
-    ones (429, 5xx, network) leave the task to its retries (cancelling again is harmless).
+    A batch that is already over is left alone. Returns the batch's summary (counts only), read after
+    the cancel; given a list of ids, tries every batch and returns the list of summaries, and fails
+    once all were tried if any could not be cancelled (the others' summaries are in XCom
+    ``cartesia_cancelled``). Permanent errors fail without retrying. See docs/campaigns.md.
 
     :param batch_id: the batch id, or a list of ids (templated).
     :param cartesia_conn_id: the Airflow connection of type ``cartesia`` (templated).
@@ -630,8 +546,6 @@ class CancelCallBatchOperator(BaseOperator):
         return CartesiaHook(self.cartesia_conn_id)
 
     def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
-        from airflow_provider_cartesia.exceptions import CartesiaError, is_permanent
-
         ids = [self.batch_id] if isinstance(self.batch_id, str) else list(self.batch_id or [])
         if not ids or not all(isinstance(i, str) for i in ids):
             _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
@@ -642,30 +556,24 @@ class CancelCallBatchOperator(BaseOperator):
             try:
                 summaries.append(self._cancel(batch_id))
             except CartesiaError as exc:
-                if isinstance(self.batch_id, str):
-                    if is_permanent(exc):
-                        _fail(f"Could not cancel call batch {batch_id}: {exc}", exc)
-                    raise
-                self.log.warning("Could not cancel call batch %s (the others are still tried): %s", batch_id, exc)
+                self.log.warning("Could not cancel call batch %s: %s", batch_id, exc)
                 failures[batch_id] = exc
-        if failures:
-            self._fail_some(context, ids, summaries, failures)
-        return summaries[0] if isinstance(self.batch_id, str) else summaries
-
-    def _fail_some(
-        self, context: Context, ids: list[str], summaries: list[dict[str, Any]], failures: Mapping[str, Exception]
-    ) -> NoReturn:
-        """End a cancel of several batches of which some failed: every batch was tried; say which failed and why."""
-        from airflow_provider_cartesia.exceptions import CartesiaCancelError, is_permanent
-
+        if not failures:
+            return summaries[0] if isinstance(self.batch_id, str) else summaries
+        permanent = all(is_permanent(exc) for exc in failures.values())
+        first = next(iter(failures.values()))
+        if isinstance(self.batch_id, str):
+            if permanent:
+                _fail(f"Could not cancel call batch {ids[0]}: {first}", first)
+            raise first
         context["ti"].xcom_push(key=CANCELLED_XCOM_KEY, value=summaries)
         reasons = "; ".join(f"{batch_id}: {exc}" for batch_id, exc in failures.items())
         message = (
             f"Could not cancel {len(failures)} of {len(ids)} call batches ({', '.join(failures)}); the other "
             f"{len(ids) - len(failures)} were cancelled or already over. {reasons}"
         )
-        if all(is_permanent(exc) for exc in failures.values()):
-            _fail(message, next(iter(failures.values())))
+        if permanent:
+            _fail(message, first)
         raise CartesiaCancelError(message, failures=dict(failures))
 
     def _cancel(self, batch_id: str) -> dict[str, Any]:

@@ -10,19 +10,16 @@ B3    GET     /agents/calls/batches/{batch_id}               200
 B4    POST    /agents/calls/batches/{batch_id}/cancel        200
 B5    POST    /agents/calls/batches/{batch_id}/retry         200
 C1    GET     /agents/calls                                  200
-C2    POST    /agents/calls                                  200
 C3    GET     /agents/calls/{call_id}                        200
-C4    DELETE  /agents/calls/{call_id}                        200
-C5    POST    /agents/calls/{call_id}/cancel                 200
-C6    GET     /agents/calls/{call_id}/audio                  200 audio/wav
 --    GET     /  (liveness, no auth)                         200
 ====  ======  ============================================  =======
 
-Every other route needs ``Authorization: Bearer <key>`` (or ``X-API-Key: <key>``; else 401) and
-then a ``Cartesia-Version`` of ``2026-03-01`` or ``2026-08-14`` (else 400); then an unknown path is
-404 and a known path with another method 405. Error bodies are ``{"error_code", "title",
-"message", "request_id"}`` (§4); ``error_code`` is null except ``concurrency_limited`` on 429,
-since the real codes are not documented.
+These are the routes the hook calls; the API's others (single calls created, cancelled or deleted,
+call audio) are not served. Every route but ``/`` needs ``Authorization: Bearer <key>`` (or
+``X-API-Key: <key>``; else 401) and then a ``Cartesia-Version`` of ``2026-03-01`` or ``2026-08-14``
+(else 400); then an unknown path is 404 and a known path with another method 405. Error bodies are
+``{"error_code", "title", "message", "request_id"}`` (§4); ``error_code`` is null except
+``concurrency_limited`` on 429, since the real codes are not documented.
 """
 
 from __future__ import annotations
@@ -40,8 +37,6 @@ from urllib.parse import unquote
 
 from airflow_provider_cartesia.testing.clock import SimClock
 from airflow_provider_cartesia.testing.state import (
-    ENDED,
-    STARTED,
     Attempt,
     Batch,
     CallProfile,
@@ -53,10 +48,9 @@ from airflow_provider_cartesia.testing.state import (
 from airflow_provider_cartesia.testing.validation import (
     ValidationError,
     batch_request,
-    outbound_call_request,
     parse_time,
 )
-from airflow_provider_cartesia.testing.views import batch_json, call_audio_wav, call_json
+from airflow_provider_cartesia.testing.views import batch_json, call_json
 
 ACCEPTED_VERSIONS = ("2026-03-01", "2026-08-14")
 DEFAULT_LIST_LIMIT = 10
@@ -151,10 +145,8 @@ class CartesiaApi:
             (("agents", "calls", "batches", "{id}"), {"GET": self.get_batch}),
             (("agents", "calls", "batches", "{id}", "cancel"), {"POST": self.cancel_batch}),
             (("agents", "calls", "batches", "{id}", "retry"), {"POST": self.retry_batch}),
-            (("agents", "calls"), {"GET": self.list_calls, "POST": self.create_calls}),
-            (("agents", "calls", "{id}"), {"GET": self.get_call, "DELETE": self.delete_call}),
-            (("agents", "calls", "{id}", "cancel"), {"POST": self.cancel_call}),
-            (("agents", "calls", "{id}", "audio"), {"GET": self.get_audio}),
+            (("agents", "calls"), {"GET": self.list_calls}),
+            (("agents", "calls", "{id}"), {"GET": self.get_call}),
         ]
 
     def reset(self) -> None:
@@ -376,7 +368,7 @@ class CartesiaApi:
         self.state.retry_batch(batch, now)
         return json_response(200, batch_json(batch, now, with_recipients=False))
 
-    # ---- calls (C1-C6) ----------------------------------------------------------------------------
+    # ---- calls (C1, C3) ----------------------------------------------------------------------------
 
     def list_calls(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
         query = request.query
@@ -417,53 +409,6 @@ class CartesiaApi:
         page["data"] = [call_json(r, a, now, with_transcript="transcript" in expand) for r, a in page["data"]]
         return json_response(200, page)
 
-    def create_calls(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
-        try:
-            spec = outbound_call_request(self._body(request), metadata_max_bytes=self.config.metadata_max_bytes)
-        except ValidationError as exc:
-            raise ApiError(400, str(exc)) from exc
-        self._check_agent_and_number(spec.agent_id, spec.from_number_id)
-        lines = self.state.create_outbound_calls(
-            now=now,
-            agent_id=spec.agent_id,
-            from_number_id=spec.from_number_id,
-            calls=spec.calls,
-            profile=self.profile(),
-            ringing_timeout_seconds=spec.ringing_timeout_seconds,
-            max_call_duration_minutes=spec.max_call_duration_minutes,
-            telephony_account_type=self.telephony_account_type(spec.from_number_id),
-        )
-        items: list[dict[str, Any]] = []
-        for line in lines:
-            attempt = line.latest
-            if attempt.call_id is None:
-                items.append({"number": line.to_number, "error": {"message": attempt.error_message}})
-            else:
-                items.append({"number": line.to_number, "agent_call_id": attempt.call_id})
-        return json_response(200, {"calls": items})
-
     def get_call(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
         recipient, attempt = self._call(params["id"], now)
         return json_response(200, call_json(recipient, attempt, now, with_transcript=True))
-
-    def delete_call(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
-        recipient, attempt = self._call(params["id"], now)
-        if attempt.phase(now) != ENDED:
-            raise ApiError(400, "Only completed or failed calls can be deleted. Cancel an active call first.")
-        if attempt.redacted_at is None:
-            attempt.redacted_at = now
-        return json_response(200, call_json(recipient, attempt, now, with_transcript=False))
-
-    def cancel_call(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
-        _, attempt = self._call(params["id"], now)
-        if attempt.phase(now) != STARTED:
-            raise ApiError(400, "The call is not currently active and cannot be cancelled.")
-        attempt.api_cancelled_at = now
-        return json_response(200, {"cancelled": True})
-
-    def get_audio(self, request: ApiRequest, params: dict[str, str], now: datetime) -> ApiResponse:
-        _, attempt = self._call(params["id"], now)
-        connected = attempt.answer_at is not None and attempt.answer_at < attempt.end_at
-        if attempt.phase(now) != ENDED or not connected or attempt.redacted_at is not None:
-            raise ApiError(404, "No recording is available for this call.")
-        return ApiResponse(200, call_audio_wav(), content_type="audio/wav")

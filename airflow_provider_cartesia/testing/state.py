@@ -20,8 +20,6 @@ Timing model (all in simulated seconds):
   ``dial_failed`` after 0.2-2 s), ``error`` (connects, fails mid-call with ``end_reason`` ``error``)
   and ``pre_dial_failure`` (fails at dispatch: no call record, no ``agent_call_id``, an
   ``error_message`` on the recipient).
-- A call cancelled through the API (``POST /agents/calls/{id}/cancel``) ends at that instant as
-  ``completed`` with ``end_reason`` ``api_cancelled``.
 """
 
 from __future__ import annotations
@@ -68,7 +66,7 @@ def normalize_outcomes(outcomes: Mapping[str, float] | None) -> dict[str, float]
 
 @dataclass(frozen=True)
 class CallProfile:
-    """How the simulated calls of one batch (or one outbound call request) behave."""
+    """How the simulated calls of one batch behave."""
 
     dispatch_interval: float = 1.0
     call_seconds: tuple[float, float] = (20.0, 90.0)
@@ -95,43 +93,23 @@ def truncate_ms(when: datetime) -> datetime:
 
 @dataclass
 class Attempt:
-    """One call attempt for a recipient (or a standalone outbound call), planned when queued."""
+    """One call attempt for a recipient, planned when queued."""
 
     seq: int
     call_id: str | None  # None: fails before dialing, no call record
     queued_at: datetime
     dispatch_at: datetime
     answer_at: datetime | None  # None: never connected
-    natural_end: datetime
-    natural_reason: str | None
-    natural_status: str  # "completed" | "failed"
+    end_at: datetime
+    end_reason: str | None
+    final_status: str  # "completed" | "failed"
     error_message: str | None
     call_sid: str
     flavor: int  # picks the transcript and summary
-    api_cancelled_at: datetime | None = None
-    redacted_at: datetime | None = None
 
     @property
     def pre_dial(self) -> bool:
         return self.call_id is None
-
-    @property
-    def end_at(self) -> datetime:
-        if self.api_cancelled_at is not None and self.api_cancelled_at < self.natural_end:
-            return self.api_cancelled_at
-        return self.natural_end
-
-    @property
-    def end_reason(self) -> str | None:
-        if self.api_cancelled_at is not None and self.api_cancelled_at < self.natural_end:
-            return "api_cancelled"
-        return self.natural_reason
-
-    @property
-    def final_status(self) -> str:
-        if self.api_cancelled_at is not None and self.api_cancelled_at < self.natural_end:
-            return "completed"
-        return self.natural_status
 
     def cancelled_by(self, cancelled_at: datetime | None) -> bool:
         """Whether a batch cancel at ``cancelled_at`` stopped this attempt before its dispatch."""
@@ -151,7 +129,7 @@ class Attempt:
 
 @dataclass
 class Recipient:
-    """A destination: a batch recipient, or the line of a standalone outbound call (``batch`` None)."""
+    """A recipient of a batch."""
 
     id: str
     to_number: str
@@ -159,7 +137,7 @@ class Recipient:
     created_at: datetime
     agent_id: str
     from_number_id: str
-    batch: Batch | None
+    batch: Batch
     attempts: list[Attempt] = field(default_factory=list)
     telephony_account_type: str = "cartesia"
 
@@ -327,9 +305,9 @@ class SimState:
             queued_at=queued_at,
             dispatch_at=dispatch_at,
             answer_at=answer_at,
-            natural_end=end,
-            natural_reason=reason,
-            natural_status=status,
+            end_at=end,
+            end_reason=reason,
+            final_status=status,
             error_message=error_message,
             call_sid=f"CA{rng.getrandbits(128):032x}",
             flavor=rng.randrange(1 << 16),
@@ -429,45 +407,6 @@ class SimState:
         batch.retries.append(now)
         return requeued
 
-    # ---- standalone outbound calls ------------------------------------------------------------------
-
-    def create_outbound_calls(
-        self,
-        *,
-        now: datetime,
-        agent_id: str,
-        from_number_id: str,
-        calls: list[tuple[str, dict[str, Any] | None]],
-        profile: CallProfile,
-        ringing_timeout_seconds: int = 60,
-        max_call_duration_minutes: int = 480,
-        telephony_account_type: str = "cartesia",
-    ) -> list[Recipient]:
-        """Dial every number now (no batch); each gets one attempt."""
-        lines = []
-        for to_number, metadata in calls:
-            line = Recipient(
-                id="",
-                to_number=to_number,
-                metadata=metadata,
-                created_at=now,
-                agent_id=agent_id,
-                from_number_id=from_number_id,
-                batch=None,
-                telephony_account_type=telephony_account_type,
-            )
-            attempt = self._plan(
-                self.rng,
-                profile,
-                queued_at=now,
-                dispatch_at=now,
-                ringing_timeout_seconds=ringing_timeout_seconds,
-                max_call_duration_minutes=max_call_duration_minutes,
-            )
-            self._queue(line, attempt)
-            lines.append(line)
-        return lines
-
     # ---- calls ------------------------------------------------------------------------------------
 
     def visible_call(self, call_id: str, now: datetime) -> tuple[Recipient, Attempt] | None:
@@ -476,7 +415,7 @@ class SimState:
         if found is None:
             return None
         recipient, attempt = found
-        cancelled_at = recipient.batch.cancelled_at if recipient.batch else None
+        cancelled_at = recipient.batch.cancelled_at
         if attempt.phase(now, cancelled_at) in (QUEUED, CANCELLED):
             return None
         return found

@@ -58,12 +58,12 @@ def _int(body: dict[str, Any], key: str, low: int, high: int | None, default: in
 
 
 def _destinations(
-    body: dict[str, Any], key: str, maximum: int | None, metadata_max_bytes: int | None
+    body: dict[str, Any], key: str, maximum: int, metadata_max_bytes: int | None
 ) -> list[tuple[str, dict[str, Any] | None]]:
     items = body.get(key)
     if not isinstance(items, list) or not items:
         raise ValidationError(f"`{key}` is required and must be a non-empty array")
-    if maximum is not None and len(items) > maximum:
+    if len(items) > maximum:
         raise ValidationError(f"`{key}` has {len(items)} items; at most {maximum} are allowed")
     out: list[tuple[str, dict[str, Any] | None]] = []
     for index, item in enumerate(items):
@@ -137,26 +137,4 @@ def batch_request(
         max_call_duration_minutes=max_minutes,
         scheduled_at=scheduled_at,
         region=region,
-    )
-
-
-@dataclass(frozen=True)
-class OutboundCallRequest:
-    agent_id: str
-    from_number_id: str
-    calls: list[tuple[str, dict[str, Any] | None]]
-    ringing_timeout_seconds: int
-    max_call_duration_minutes: int
-
-
-def outbound_call_request(body: Any, *, metadata_max_bytes: int | None = METADATA_MAX_BYTES) -> OutboundCallRequest:
-    """Validate an ``AgentOutboundCallRequest`` (C2)."""
-    if not isinstance(body, dict):
-        raise ValidationError("The request body must be a JSON object")
-    return OutboundCallRequest(
-        agent_id=_string(body, "agent_id"),
-        from_number_id=_string(body, "from_number_id"),
-        calls=_destinations(body, "outbound_calls", None, metadata_max_bytes),
-        ringing_timeout_seconds=_int(body, "ringing_timeout_seconds", 5, 80, 60),
-        max_call_duration_minutes=_int(body, "max_call_duration_minutes", 1, None, 480),
     )

@@ -6,13 +6,8 @@ absent, as the schema does not allow null there; nullable ``AgentCall`` fields a
 
 from __future__ import annotations
 
-import io
-import math
-import struct
-import wave
 import zlib
 from datetime import datetime, timezone
-from functools import lru_cache
 from typing import Any
 
 from airflow_provider_cartesia.testing.state import (
@@ -98,7 +93,7 @@ def batch_json(batch: Batch, now: datetime, *, with_recipients: bool) -> dict[st
 
 def recipient_json(recipient: Recipient, now: datetime) -> dict[str, Any]:
     """An ``AgentCallBatchRecipient``: its status is the queue state, then the latest attempt's."""
-    cancelled_at = recipient.batch.cancelled_at if recipient.batch else None
+    cancelled_at = recipient.batch.cancelled_at
     attempt = recipient.latest
     phase = attempt.phase(now, cancelled_at)
     body: dict[str, Any] = {
@@ -165,15 +160,6 @@ def call_json(recipient: Recipient, attempt: Attempt, now: datetime, *, with_tra
         "metadata": recipient.metadata,
         "redacted_at": None,
     }
-    if attempt.redacted_at is not None:
-        # Deleted fields are omitted; what is left of telephony_params is operational only.
-        body["redacted_at"] = fmt_time(attempt.redacted_at)
-        body["telephony_params"] = {
-            "call_sid": attempt.call_sid,
-            "direction": "outbound",
-            "connection_type": "phone",
-        }
-        return body
     body["summary"] = (
         _SCRIPTS[attempt.flavor % len(_SCRIPTS)][0] if ended and connected and not attempt.error_message else None
     )
@@ -187,19 +173,3 @@ def call_json(recipient: Recipient, attempt: Attempt, now: datetime, *, with_tra
     if with_transcript:
         body["transcript"] = _transcript(attempt, now)
     return body
-
-
-@lru_cache(maxsize=1)
-def call_audio_wav() -> bytes:
-    """A short valid WAV file (8 kHz, mono, 16-bit PCM, a quarter second of a 440 Hz tone)."""
-    rate, seconds = 8000, 0.25
-    frames = b"".join(
-        struct.pack("<h", int(8000 * math.sin(2 * math.pi * 440 * n / rate))) for n in range(int(rate * seconds))
-    )
-    buffer = io.BytesIO()
-    with wave.open(buffer, "wb") as out:
-        out.setnchannels(1)
-        out.setsampwidth(2)
-        out.setframerate(rate)
-        out.writeframes(frames)
-    return buffer.getvalue()

@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONTENDERS = {
-    "async": "native async (CallBatchTrigger)",
+    "async": "native async (CallBatchTrigger: the agent's list, one walk per interval)",
+    "async-get": "native async, one GET per wait (the hook's httpx path)",
     "thread": "sync hook in a thread pool",
     "blocking": "blocking sync hook in run()",
 }
@@ -101,6 +103,7 @@ def serve(conn: Any, latency: float) -> None:
 
 def contender(kind: str, cap: float) -> None:
     """Child interpreter: waits for the batch list on stdin, runs the triggers, prints results as JSON."""
+    from airflow_provider_cartesia.exceptions import CartesiaError
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
     from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
@@ -118,21 +121,34 @@ def contender(kind: str, cap: float) -> None:
         poll_times.append(now)
 
     class Native(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
+        async def _poll(self, hook: CartesiaHook, watch: Any, urgent: bool) -> Any:
             _count_poll()
-            return await hook.aget_call_batch(self.batch_id)
+            return await super()._poll(hook, watch, urgent)
 
-    class ThreadPool(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-            _count_poll()
-            return await asyncio.to_thread(hook.get_call_batch, self.batch_id)
+    def get_per_wait(fetch: Callable[[CartesiaHook, str], Awaitable[CallBatch]]) -> type[CallBatchTrigger]:
+        class GetPerWait(CallBatchTrigger):
+            async def _poll(self, hook: CartesiaHook, watch: Any, urgent: bool) -> Any:
+                _count_poll()
+                try:
+                    batch = await fetch(hook, self.batch_id)
+                except CartesiaError as exc:
+                    return watch.failed(exc), None
+                return watch.observe(batch), None
 
-    class Blocking(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-            _count_poll()
-            return hook.get_call_batch(self.batch_id)
+        return GetPerWait
 
-    cls = {"async": Native, "thread": ThreadPool, "blocking": Blocking}[kind]
+    async def thread_get(hook: CartesiaHook, batch_id: str) -> CallBatch:
+        return await asyncio.to_thread(hook.get_call_batch, batch_id)
+
+    async def blocking_get(hook: CartesiaHook, batch_id: str) -> CallBatch:
+        return hook.get_call_batch(batch_id)
+
+    cls = {
+        "async": Native,
+        "async-get": get_per_wait(lambda hook, batch_id: hook.aget_call_batch(batch_id)),
+        "thread": get_per_wait(thread_get),
+        "blocking": get_per_wait(blocking_get),
+    }[kind]
 
     async def main() -> dict[str, Any]:
         import psutil

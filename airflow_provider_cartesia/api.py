@@ -93,16 +93,6 @@ class ApiSettings:
     dashboard_url: str = DEFAULT_DASHBOARD_URL
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
-    def headers(self) -> dict[str, str]:
-        """Headers sent with every request (gzip is the only content coding asked for)."""
-        return {
-            "Authorization": f"Bearer {self.api_key}",
-            "Cartesia-Version": self.api_version,
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-            "Accept-Encoding": "gzip",
-        }
-
     @property
     def deadline(self) -> float:
         """Seconds one attempt may take in all: the read timeout only bounds each read."""
@@ -204,29 +194,24 @@ def settings_from_connection(conn: Any, *, timeout: float | None = None, max_ret
             f"{', '.join(SUPPORTED_API_VERSIONS)}"
         )
     read_timeout = _number(
-        conn_id, "timeout", timeout if timeout is not None else extra.get("timeout"), DEFAULT_READ_TIMEOUT
+        conn_id, "timeout", extra.get("timeout") if timeout is None else timeout, DEFAULT_READ_TIMEOUT
     )
     retries = _number(
-        conn_id,
-        "max_retries",
-        max_retries if max_retries is not None else extra.get("max_retries"),
-        DEFAULT_MAX_RETRIES,
+        conn_id, "max_retries", extra.get("max_retries") if max_retries is None else max_retries, DEFAULT_MAX_RETRIES
     )
     body_cap = _number(conn_id, "max_response_bytes", extra.get("max_response_bytes"), DEFAULT_MAX_RESPONSE_BYTES)
-    if not 0 < read_timeout <= MAX_TIMEOUT:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'timeout' must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
-            f"got {read_timeout:g}"
-        )
-    if retries != int(retries) or not 0 <= retries <= MAX_MAX_RETRIES:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'max_retries' must be a whole number from 0 to {MAX_MAX_RETRIES}, got {retries:g}"
-        )
-    if body_cap != int(body_cap) or body_cap < MIN_MAX_RESPONSE_BYTES:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'max_response_bytes' must be a whole number of bytes, at least "
-            f"{MIN_MAX_RESPONSE_BYTES:,} (default {DEFAULT_MAX_RESPONSE_BYTES:,}), got {body_cap:g}"
-        )
+    for name, number, ok, rule in (
+        ("timeout", read_timeout, 0 < read_timeout <= MAX_TIMEOUT, f"more than 0 and at most {MAX_TIMEOUT:g} seconds"),
+        ("max_retries", retries, retries in range(MAX_MAX_RETRIES + 1), f"a whole number from 0 to {MAX_MAX_RETRIES}"),
+        (
+            "max_response_bytes",
+            body_cap,
+            body_cap == int(body_cap) >= MIN_MAX_RESPONSE_BYTES,
+            f"a whole number of bytes, at least {MIN_MAX_RESPONSE_BYTES:,} (default {DEFAULT_MAX_RESPONSE_BYTES:,})",
+        ),
+    ):
+        if not ok:
+            raise CartesiaConfigError(f"Connection '{conn_id}': '{name}' must be {rule}, got {number:g}")
     return ApiSettings(
         conn_id=conn_id,
         base_url=normalize_base_url(conn.host, conn.port, conn_id),
@@ -258,12 +243,7 @@ def _number(conn_id: str, name: str, value: Any, default: float) -> float:
 def checked_dashboard_url(value: Any, conn_id: str = "") -> str:
     """The ``dashboard_url`` extra, only if a browser may follow it: https, or http to loopback."""
     raw = str(value or DEFAULT_DASHBOARD_URL).strip().rstrip("/")
-    if "://" not in raw:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': extra 'dashboard_url' must start with https:// (http:// only for a "
-            "loopback address)"
-        )
-    scheme, host = checked_url(raw, "extra 'dashboard_url'", conn_id)
+    scheme, host = checked_url(raw, "extra 'dashboard_url'", conn_id) if "://" in raw else ("", "")
     if scheme != "https" and not is_loopback(host):
         raise CartesiaConfigError(
             f"Connection '{conn_id}': extra 'dashboard_url' must start with https:// (http:// only for a "
@@ -317,13 +297,17 @@ class ApiCall:
         return self.settings.base_url + self.path
 
     def headers(self) -> dict[str, str]:
-        headers = self.settings.headers()
+        """Headers of the request (gzip is the only content coding asked for)."""
+        headers = {
+            "Authorization": f"Bearer {self.settings.api_key}",
+            "Cartesia-Version": self.settings.api_version,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+        }
         if self.data is not None:
             headers["Content-Type"] = "application/json"
         return headers
-
-    def reader(self, status_code: int, headers: Mapping[str, str]) -> BodyReader:
-        return BodyReader(self, status_code, headers)
 
     def transport_error(self, exc: BaseException, what: str, *, sent: bool) -> CartesiaTransportError:
         """No answer; a dialing request that may have arrived becomes 'outcome unknown' (never resent)."""

@@ -54,6 +54,7 @@ MAX_TALK = 12.0
 SETTLE_WINDOW = (4.0, 13.0 + MAX_TALK)
 THROUGHPUT_WINDOW = (2.0, 5.0)
 RSS_AT = 5.0
+AGENT_ID = "agent_sim"  # the simulator's default agent, that of every seeded batch
 
 
 # ---- the simulator process ---------------------------------------------------------------------------
@@ -169,7 +170,9 @@ def contender(kind: str, cap: float) -> None:
         statuses: dict[str, str] = {}
 
         async def wait(batch_id: str) -> None:
-            trigger = cls(batch_id=batch_id, poll_interval=POLL_INTERVAL, end_time=end_time)
+            # As the sensor defers: its first poke read the batch, so the trigger knows the agent.
+            agent = {"agent_id": AGENT_ID} if kind == "async" else {}
+            trigger = cls(batch_id=batch_id, poll_interval=POLL_INTERVAL, end_time=end_time, **agent)
             async for event in trigger.run():
                 statuses[batch_id] = event.payload["status"]
                 if event.payload["status"] == "success":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import socket
 import ssl
 import threading
@@ -66,14 +67,18 @@ BATCH_RETRY = "/agents/calls/batches/{batch_id}/retry"
 CALLS = "/agents/calls"
 CALL = "/agents/calls/{call_id}"
 MAX_PAGE_SIZE = 100
-ASYNC_MAX_CONNECTIONS = 100
-"""Connections of one event loop's httpx client (httpx's default); waits share the list walk, so few are busy."""
+ASYNC_CLIENTS = 16
+ASYNC_CLIENT_CONNECTIONS = 8
+"""Each event loop has up to 16 small httpx clients (per direct/proxied), used in turn by every request.
 
-# One httpx client per event loop (and per direct/proxied): every trigger of a triggerer reuses its
-# keep-alive connections. Its connections belong to the loop, hence the key.
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, httpx.AsyncClient]] = (
+httpcore's pool does O(connections x queued requests) work per request: one client of 32 connections
+behind a semaphore cost the list-walking triggers 36% more p99 latency (docs/benchmarks.md).
+"""
+
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, dict[int, httpx.AsyncClient]]] = (
     weakref.WeakKeyDictionary()
 )
+_turns = itertools.count()
 
 
 class CartesiaHook(BaseHook):
@@ -195,7 +200,7 @@ class CartesiaHook(BaseHook):
                     proxies=_NO_PROXIES if settings.direct else None,  # type: ignore[arg-type]
                 )
                 with response:
-                    reader = call.reader(response.status_code, response.headers)
+                    reader = BodyReader(call, response.status_code, response.headers)
                     for chunk in response.raw.stream(READ_CHUNK_BYTES, decode_content=False):
                         if reader.feed(chunk):
                             break
@@ -233,7 +238,7 @@ class CartesiaHook(BaseHook):
             )
             response = await client.send(request, stream=True)
             try:
-                reader = call.reader(response.status_code, response.headers)
+                reader = BodyReader(call, response.status_code, response.headers)
                 async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
                     if reader.feed(chunk):
                         break
@@ -611,19 +616,19 @@ def _ssl_context() -> ssl.SSLContext:
 
 
 def _async_client(direct: bool) -> httpx.AsyncClient:
-    """The current event loop's httpx client (``direct``: for loopback, never through a proxy)."""
+    """The current event loop's next httpx client (``direct``: for loopback, never through a proxy)."""
     import httpx
 
     loop = asyncio.get_running_loop()
-    clients = _ASYNC_CLIENTS.get(loop)
-    if clients is None:
+    if loop not in _ASYNC_CLIENTS:
         for closed in [other for other in _ASYNC_CLIENTS if other.is_closed()]:
-            del _ASYNC_CLIENTS[closed]  # its connections died with it
-        clients = _ASYNC_CLIENTS[loop] = {}
-    client = clients.get(direct)
-    if client is None or client.is_closed:
-        limits = httpx.Limits(max_connections=ASYNC_MAX_CONNECTIONS, max_keepalive_connections=ASYNC_MAX_CONNECTIONS)
-        client = clients[direct] = httpx.AsyncClient(
-            limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct
+            del _ASYNC_CLIENTS[closed]  # their connections died with it
+    clients = _ASYNC_CLIENTS.setdefault(loop, {}).setdefault(direct, {})
+    turn = next(_turns) % ASYNC_CLIENTS
+    if turn not in clients or clients[turn].is_closed:
+        limits = httpx.Limits(
+            max_connections=ASYNC_CLIENT_CONNECTIONS, max_keepalive_connections=ASYNC_CLIENT_CONNECTIONS
         )
-    return client
+        client = httpx.AsyncClient(limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct)
+        clients[turn] = client
+    return clients[turn]

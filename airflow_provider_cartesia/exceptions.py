@@ -56,7 +56,7 @@ class CartesiaInvalidIdError(CartesiaError, ValueError):
 
 
 class CartesiaAPIError(CartesiaError):
-    """A request to the Cartesia API failed.
+    """A request to the Cartesia API failed; its message ends with :attr:`hint`.
 
     :param status_code: HTTP status, or ``None`` when no response arrived.
     :param error_code: Cartesia's machine-readable code (may be ``None``).
@@ -65,6 +65,9 @@ class CartesiaAPIError(CartesiaError):
     :param retry_after: seconds the server asked us to wait (``Retry-After``), when it said so.
     :param should_retry_header: the server's ``x-should-retry``, when it sent one.
     """
+
+    hint = ""
+    """What the user can do about this error; empty when there is nothing to add."""
 
     def __init__(
         self,
@@ -98,12 +101,11 @@ class CartesiaAPIError(CartesiaError):
         code = f" [{self.error_code}]" if self.error_code else ""
         title = f" {self.title}:" if self.title and self.title not in self.message else ""
         request = f" (request_id {self.request_id})" if self.request_id else ""
-        hint = self.hint()
+        hint = self._hint()
         return f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else "")
 
-    def hint(self) -> str:
-        """What the user can do about this error; empty when there is nothing to add."""
-        return ""
+    def _hint(self) -> str:
+        return self.hint
 
 
 class CartesiaBadRequestError(CartesiaAPIError):
@@ -113,7 +115,7 @@ class CartesiaBadRequestError(CartesiaAPIError):
 class CartesiaAuthError(CartesiaAPIError):
     """The API key was refused (401) or may not access this resource (403)."""
 
-    def hint(self) -> str:
+    def _hint(self) -> str:
         conn = f"Airflow connection '{self.conn_id}'" if self.conn_id else "the Airflow connection"
         if self.status_code == 403:
             return f"Check that the API key in {conn} belongs to the organization that owns this resource"
@@ -130,8 +132,7 @@ class CartesiaPaymentRequiredError(CartesiaAPIError):
 class CartesiaNotFoundError(CartesiaAPIError):
     """The batch, call, agent or phone number does not exist for this API key (404)."""
 
-    def hint(self) -> str:
-        return "Check the id, and that the connection's API key belongs to the organization that owns it"
+    hint = "Check the id, and that the connection's API key belongs to the organization that owns it"
 
 
 class CartesiaRateLimitError(CartesiaAPIError):
@@ -145,28 +146,25 @@ class CartesiaServerError(CartesiaAPIError):
 class CartesiaResponseError(CartesiaAPIError):
     """A successful status whose body is not JSON, or does not fit the documented model."""
 
-    def hint(self) -> str:
-        return (
-            "The API answered in a shape this provider does not understand; check the connection's "
-            "api_version and the base URL (a proxy or a wrong host answers like this)"
-        )
+    hint = (
+        "The API answered in a shape this provider does not understand; check the connection's "
+        "api_version and the base URL (a proxy or a wrong host answers like this)"
+    )
 
 
 class CartesiaResponseTooLargeError(CartesiaResponseError):
     """The body grew past the connection's ``max_response_bytes`` once decoded; reading stopped there."""
 
-    def hint(self) -> str:
-        return (
-            "A 5,000-recipient batch is a few MB; if a real answer is this large, raise the connection's "
-            "max_response_bytes extra, otherwise check the base URL"
-        )
+    hint = (
+        "A 5,000-recipient batch is a few MB; if a real answer is this large, raise the connection's "
+        "max_response_bytes extra, otherwise check the base URL"
+    )
 
 
 class CartesiaAnswerMismatchError(CartesiaResponseError):
     """The answer describes another batch or call than the one requested; it is never used."""
 
-    def hint(self) -> str:
-        return "Check the base URL and any proxy or cache in front of the API: it answers for other objects"
+    hint = "Check the base URL and any proxy or cache in front of the API: it answers for other objects"
 
 
 class CartesiaTransportError(CartesiaAPIError):
@@ -179,15 +177,14 @@ class CartesiaTransportError(CartesiaAPIError):
         self.sent = sent
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
-    def hint(self) -> str:
-        return "Check the connection's base URL and that the host is reachable from the worker"
+    hint = "Check the connection's base URL and that the host is reachable from the worker"
 
 
 class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
     """A request that dials (create or retry a batch) may have reached Cartesia, but no answer came back.
     Never resent: Cartesia has no idempotency key."""
 
-    def hint(self) -> str:
+    def _hint(self) -> str:
         if self.path and self.path.endswith("/retry"):
             return (
                 "The batch's failed recipients may have been re-queued. It was not sent again, because Cartesia "

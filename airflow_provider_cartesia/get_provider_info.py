@@ -1,8 +1,4 @@
-"""Provider metadata read by Airflow's providers manager.
-
-Airflow imports this module on every CLI call, so it must stay free of airflow (and of anything
-heavy): it only returns a dict.
-"""
+"""Provider metadata for Airflow's providers manager, imported on every CLI call: no airflow, nothing heavy."""
 
 from __future__ import annotations
 

@@ -349,6 +349,8 @@ def main() -> int:
         + ("met" if rss_ok else "**missed**"),
     ]
     executor_threads = min(32, (os.cpu_count() or 1) + 4)
+    from airflow_provider_cartesia.hooks.cartesia import ASYNC_CLIENT_CONNECTIONS, ASYNC_CLIENTS
+
     body = f"""
 {args.triggers:,} triggers per contender in one event loop, each waiting for its own two-recipient
 batch; poll interval {POLL_INTERVAL:g} s; the batches' calls end at random times
@@ -377,9 +379,12 @@ How to read it:
   {args.triggers:,} triggers share about {blocking["polls_per_s"]:.0f} polls/s; most batches are never polled
   after they settle within the run. The thread pool is capped by the default executor's
   {executor_threads} threads.
-- The hook's async path spreads requests over small httpx pools behind a semaphore (`_AsyncPools` in
-  `hooks/cartesia.py`). With one httpx pool of 200 connections, as before, the same run managed about
-  60 polls/s at 8-15 ms CPU per poll: httpcore 1.0's pool does O(connections²) work per request.
+- A poll of the native trigger reads its counters from the agent's batch list: one walk of the list
+  per interval serves every waiting trigger (the trigger knows the agent, as when the sensor defers),
+  and a settled batch costs one confirming GET. The GET-per-wait row is the workload before the list.
+- The hook's async path takes up to {ASYNC_CLIENTS} small httpx clients of {ASYNC_CLIENT_CONNECTIONS}
+  connections per event loop in turn (`hooks/cartesia.py`): httpcore 1.0's pool does work in
+  proportion to connections x queued requests on every request, so one big pool is slow under bursts.
 - The simulator listens with a backlog of 1,024, not the standard library's 5: with 5, a pool
   opening a hundred connections at once loses SYNs, which come back 1, 3 or 7 s later.
 """

@@ -69,11 +69,9 @@ CALL = "/agents/calls/{call_id}"
 MAX_PAGE_SIZE = 100
 ASYNC_CLIENTS = 16
 ASYNC_CLIENT_CONNECTIONS = 8
-"""Each event loop has up to 16 small httpx clients (per direct/proxied), used in turn by every request.
-
-httpcore's pool does O(connections x queued requests) work per request: one client of 32 connections
-behind a semaphore cost the list-walking triggers 36% more p99 latency (docs/benchmarks.md).
-"""
+"""Each event loop has up to 16 small httpx clients (per direct/proxied), used in turn by every request:
+httpcore's pool does O(connections x queued requests) work per request, and one client of 32 connections
+took the list-walking triggers' p99 from 2.5 s to 3.5 s (docs/benchmarks.md)."""
 
 _ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, dict[int, httpx.AsyncClient]]] = (
     weakref.WeakKeyDictionary()

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
-import gc
 import ipaddress
 import json
 import math
 import random
 import re
 import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, TypeVar
@@ -575,13 +574,4 @@ def parse_model(model: type[ModelT], content: bytes, method: str, path: str, con
         raise CartesiaResponseError(what, method=method, path=path, conn_id=conn_id) from None
 
 
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Deprecated, unused by the hook: kept until transfers/call_batch_to_warehouse.py stops importing it."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
+cyclic_gc_paused = contextlib.nullcontext  # no longer pauses the GC; delete once transfers stops importing it

@@ -157,16 +157,7 @@ class CartesiaHook(BaseHook):
         )
         return reader.result()
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        idempotent: bool = True,
-    ) -> bytes:
-        call = ApiCall.of(self.settings, method, path, params, body, idempotent)
+    def _send(self, call: ApiCall) -> bytes:
         retries_taken = 0
         while True:
             try:
@@ -208,9 +199,8 @@ class CartesiaHook(BaseHook):
             raise call.deadline_passed(TimeoutError())
         return self._result(reader, started)
 
-    async def _asend(self, method: str, path: str, *, params: Mapping[str, Any] | None = None) -> bytes:
-        """Async twin of :meth:`_send` (reads only) on httpx, with the same decisions."""
-        call = ApiCall.of(await self.asettings(), method, path, params)
+    async def _asend(self, call: ApiCall) -> bytes:
+        """Async twin of :meth:`_send` on httpx, with the same decisions."""
         retries_taken = 0
         while True:
             try:
@@ -268,13 +258,14 @@ class CartesiaHook(BaseHook):
         answer_id: str | None = None,
     ) -> ModelT:
         """One request parsed into ``model``; with ``answer_id``, only an answer about that object."""
-        content = self._send(method, path, params=params, body=body, idempotent=idempotent)
+        content = self._send(ApiCall.of(self.settings, method, path, params, body, idempotent))
         return self._parsed(model, content, method, path, answer_id)
 
     async def _acall(
         self, model: type[ModelT], path: str, *, params: Mapping[str, Any] | None = None, answer_id: str | None = None
     ) -> ModelT:
-        return self._parsed(model, await self._asend("GET", path, params=params), "GET", path, answer_id)
+        content = await self._asend(ApiCall.of(await self.asettings(), "GET", path, params))
+        return self._parsed(model, content, "GET", path, answer_id)
 
     def _parsed(self, model: type[ModelT], content: bytes, method: str, path: str, answer_id: str | None) -> ModelT:
         answer = parse_model(model, content, method, path, self.cartesia_conn_id)
@@ -443,7 +434,7 @@ class CartesiaHook(BaseHook):
         """One authenticated read; on failure, say what to fix (key, host or version)."""
         try:
             settings = self.settings
-            self._send("GET", BATCHES, params={"limit": 1})
+            self._send(ApiCall.of(settings, "GET", BATCHES, {"limit": 1}))
         except CartesiaAuthError as exc:
             return False, (
                 f"Cartesia refused the API key (HTTP {exc.status_code}). Put a current, non-admin key "

@@ -1,15 +1,12 @@
-"""Apache Airflow provider for Cartesia voice-agent call batches.
-
-Importing this package is cheap and imports no airflow: Airflow's providers manager calls
-:func:`get_provider_info` on every CLI run. Public classes load on first attribute access.
-"""
+"""Apache Airflow provider for Cartesia voice-agent call batches (public classes load on first access)."""
 
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from airflow_provider_cartesia.get_provider_info import VERSION, get_provider_info
+from airflow_provider_cartesia.api import VERSION
+from airflow_provider_cartesia.get_provider_info import get_provider_info
 
 __version__ = VERSION
 

@@ -1,34 +1,44 @@
-"""What a request to Cartesia looks like and what its answer means, free of any HTTP library.
+"""Requests to Cartesia and what their answers mean, free of any HTTP library.
 
-The sync hook (requests) and the async path (httpx) both build requests and read responses through
-these functions, so the two cannot drift apart; only their send loops differ.
+Both funnels of the hook (requests in tasks, httpx in triggers) build their requests with
+:class:`ApiCall`, read answers with :class:`BodyReader` (the body, or the error it means) and ask
+:func:`should_retry` and :func:`retry_delay`; only the socket I/O is written twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gc
+import email.utils
 import ipaddress
+import json
 import math
+import random
 import re
 import zlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
 from airflow_provider_cartesia.exceptions import (
     CartesiaAnswerMismatchError,
     CartesiaAPIError,
+    CartesiaAuthError,
+    CartesiaBadRequestError,
     CartesiaConfigError,
+    CartesiaCreateOutcomeUnknownError,
     CartesiaInvalidIdError,
+    CartesiaNotFoundError,
+    CartesiaPaymentRequiredError,
+    CartesiaRateLimitError,
     CartesiaResponseError,
     CartesiaResponseTooLargeError,
-    describe_error_body,
-    error_class_for_status,
+    CartesiaServerError,
+    CartesiaTransportError,
+    is_transient,
     redact,
 )
-from airflow_provider_cartesia.retry import DEFAULT_MAX_RETRIES, parse_retry_after, parse_should_retry
 
 VERSION = "0.1.0"
 CONN_TYPE = "cartesia"
@@ -46,23 +56,31 @@ DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
 MIN_MAX_RESPONSE_BYTES = 1024 * 1024
 MAX_ERROR_BODY_BYTES = 64 * 1024
 """An error body is only quoted (300 characters), so no more than this is read of one."""
+MAX_BODY_CHARS = 300
 READ_CHUNK_BYTES = 64 * 1024
-ACCEPT_ENCODING = "gzip"
-"""The only content coding asked for, decoded by :class:`BodyReader` on both paths."""
 USER_AGENT = f"airflow-provider-cartesia/{VERSION}"
+# The retry policy: capped exponential backoff with jitter, or the server's Retry-After up to a cap.
+DEFAULT_MAX_RETRIES = 4
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+MAX_RETRY_AFTER = 60.0
+"""A server asking for longer is better served by the wait's own poll interval than by a blocked call."""
+
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}")
 _UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\@?#]")
 _KEY_CHARS = re.compile(r"[\x21-\x7e]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
+_TAGS = re.compile(r"<[^>]+>")
+_SPACES = re.compile(r"\s+")
 
 ModelT = TypeVar("ModelT")
 
 
 @dataclass(frozen=True)
 class ApiSettings:
-    """Everything a request needs, resolved once from the Airflow connection.
-
-    ``api_key`` is excluded from ``repr`` so that logging the settings cannot leak it.
-    """
+    """Everything a request needs, resolved once from the Airflow connection (``repr`` hides the key)."""
 
     conn_id: str
     base_url: str
@@ -74,22 +92,9 @@ class ApiSettings:
     dashboard_url: str = DEFAULT_DASHBOARD_URL
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
 
-    def headers(self) -> dict[str, str]:
-        """Headers sent with every request."""
-        return {
-            "Authorization": f"Bearer {self.api_key}",
-            "Cartesia-Version": self.api_version,
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-            "Accept-Encoding": ACCEPT_ENCODING,
-        }
-
-    def url(self, path: str) -> str:
-        return self.base_url + path
-
     @property
     def deadline(self) -> float:
-        """Seconds one attempt may take in all, the whole body read: the read timeout bounds each read only."""
+        """Seconds one attempt may take in all: the read timeout only bounds each read."""
         return self.connect_timeout + self.read_timeout
 
     @property
@@ -99,11 +104,7 @@ class ApiSettings:
 
 
 def is_loopback(host: str) -> bool:
-    """Whether ``host`` names this machine (the only place plain HTTP may carry the key).
-
-    Only ``localhost`` and literal loopback addresses: a name such as ``x.localhost`` is whatever DNS
-    or a hosts file says it is.
-    """
+    """Whether ``host`` is ``localhost`` or a literal loopback address (``x.localhost`` is whatever DNS says)."""
     host = host.strip("[]").lower()
     if host == "localhost":
         return True
@@ -114,14 +115,9 @@ def is_loopback(host: str) -> bool:
 
 
 def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
-    """``(scheme, host)`` of a URL from the connection, refused unless every HTTP library reads it alike.
-
-    Parsers disagree on backslashes, user info, whitespace and control characters
-    (``http://evil.example\\@127.0.0.1`` is 127.0.0.1 to urllib, evil.example to urllib3), so such
-    URLs are refused outright, and the host is then checked against urllib3's and httpx's own reading.
-    The URL is never quoted back: it may hold a key.
-    """
-    from urllib3.util import parse_url
+    """``(scheme, host)`` of a URL from the connection, refused unless urllib, urllib3 and httpx read the
+    same host (see docs/security.md). The URL is never quoted back: it may hold a key."""
+    from urllib3.util import parse_url  # this module loads with get_provider_info: kept light
 
     if _UNSAFE_URL_CHARS.search(raw):
         raise CartesiaConfigError(
@@ -145,7 +141,7 @@ def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
 
 
 def _httpx_host(url: str) -> str:
-    import httpx
+    import httpx  # this module loads with get_provider_info: kept light
 
     try:
         return httpx.URL(url).host.lower()
@@ -154,11 +150,8 @@ def _httpx_host(url: str) -> str:
 
 
 def normalize_base_url(host: str | None, port: int | None = None, conn_id: str = "") -> str:
-    """The base URL from a connection's host field: ``https://`` unless it says otherwise.
-
-    A host without a scheme gets ``https://``, or ``http://`` when it is a loopback address (the
-    simulator). Plain HTTP to any other host is refused: Cartesia rotates keys seen over HTTP.
-    """
+    """The base URL from a connection's host field; plain HTTP only to loopback (Cartesia rotates keys seen
+    over HTTP). A host without a scheme gets ``https://``, or ``http://`` for loopback."""
     raw = (host or "").strip() or DEFAULT_BASE_URL
     if "://" not in raw:
         bare = urlsplit(f"//{raw}").hostname or raw
@@ -200,29 +193,24 @@ def settings_from_connection(conn: Any, *, timeout: float | None = None, max_ret
             f"{', '.join(SUPPORTED_API_VERSIONS)}"
         )
     read_timeout = _number(
-        conn_id, "timeout", timeout if timeout is not None else extra.get("timeout"), DEFAULT_READ_TIMEOUT
+        conn_id, "timeout", extra.get("timeout") if timeout is None else timeout, DEFAULT_READ_TIMEOUT
     )
     retries = _number(
-        conn_id,
-        "max_retries",
-        max_retries if max_retries is not None else extra.get("max_retries"),
-        DEFAULT_MAX_RETRIES,
+        conn_id, "max_retries", extra.get("max_retries") if max_retries is None else max_retries, DEFAULT_MAX_RETRIES
     )
     body_cap = _number(conn_id, "max_response_bytes", extra.get("max_response_bytes"), DEFAULT_MAX_RESPONSE_BYTES)
-    if not 0 < read_timeout <= MAX_TIMEOUT:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'timeout' must be more than 0 and at most {MAX_TIMEOUT:g} seconds, "
-            f"got {read_timeout:g}"
-        )
-    if retries != int(retries) or not 0 <= retries <= MAX_MAX_RETRIES:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'max_retries' must be a whole number from 0 to {MAX_MAX_RETRIES}, got {retries:g}"
-        )
-    if body_cap != int(body_cap) or body_cap < MIN_MAX_RESPONSE_BYTES:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': 'max_response_bytes' must be a whole number of bytes, at least "
-            f"{MIN_MAX_RESPONSE_BYTES:,} (default {DEFAULT_MAX_RESPONSE_BYTES:,}), got {body_cap:g}"
-        )
+    for name, number, ok, rule in (
+        ("timeout", read_timeout, 0 < read_timeout <= MAX_TIMEOUT, f"more than 0 and at most {MAX_TIMEOUT:g} seconds"),
+        ("max_retries", retries, retries in range(MAX_MAX_RETRIES + 1), f"a whole number from 0 to {MAX_MAX_RETRIES}"),
+        (
+            "max_response_bytes",
+            body_cap,
+            body_cap == int(body_cap) >= MIN_MAX_RESPONSE_BYTES,
+            f"a whole number of bytes, at least {MIN_MAX_RESPONSE_BYTES:,} (default {DEFAULT_MAX_RESPONSE_BYTES:,})",
+        ),
+    ):
+        if not ok:
+            raise CartesiaConfigError(f"Connection '{conn_id}': '{name}' must be {rule}, got {number:g}")
     return ApiSettings(
         conn_id=conn_id,
         base_url=normalize_base_url(conn.host, conn.port, conn_id),
@@ -254,12 +242,7 @@ def _number(conn_id: str, name: str, value: Any, default: float) -> float:
 def checked_dashboard_url(value: Any, conn_id: str = "") -> str:
     """The ``dashboard_url`` extra, only if a browser may follow it: https, or http to loopback."""
     raw = str(value or DEFAULT_DASHBOARD_URL).strip().rstrip("/")
-    if "://" not in raw:
-        raise CartesiaConfigError(
-            f"Connection '{conn_id}': extra 'dashboard_url' must start with https:// (http:// only for a "
-            "loopback address)"
-        )
-    scheme, host = checked_url(raw, "extra 'dashboard_url'", conn_id)
+    scheme, host = checked_url(raw, "extra 'dashboard_url'", conn_id) if "://" in raw else ("", "")
     if scheme != "https" and not is_loopback(host):
         raise CartesiaConfigError(
             f"Connection '{conn_id}': extra 'dashboard_url' must start with https:// (http:// only for a "
@@ -269,11 +252,8 @@ def checked_dashboard_url(value: Any, conn_id: str = "") -> str:
 
 
 def api_path(template: str, **ids: str) -> str:
-    """Fill ``{name}`` placeholders of a route with validated, percent-encoded ids.
-
-    An id is opaque to us, but it must stay inside its path segment: ``../x``, ``a/b`` or ``a?b``
-    would reach another route, so they are refused rather than merely escaped.
-    """
+    """Fill ``{name}`` placeholders of a route with ids, percent-encoded; ids that could reach another
+    route (``../x``, ``a/b``, ``a?b``) are refused rather than escaped."""
     values = {}
     for name, value in ids.items():
         if not isinstance(value, str) or not _ID.fullmatch(value) or value in (".", ".."):
@@ -286,61 +266,97 @@ def api_path(template: str, **ids: str) -> str:
     return template.format(**values)
 
 
-def error_from_response(
-    settings: ApiSettings,
-    method: str,
-    path: str,
-    status_code: int,
-    headers: Mapping[str, str],
-    content: bytes,
-) -> CartesiaAPIError:
-    """The exception for an error response: the class from the status, the text from the body."""
-    parts = describe_error_body(content, headers.get("content-type"), (settings.api_key,))
-    cls = error_class_for_status(status_code)
-    if 300 <= status_code < 400:
-        parts["message"] = f"unexpected redirect ({_shown_location(headers, settings)}); check the base URL"
-    return cls(
-        parts["message"] or "(empty body)",
-        status_code=status_code,
-        error_code=parts["error_code"],
-        title=parts["title"],
-        request_id=parts["request_id"],
-        method=method,
-        path=path,
-        conn_id=settings.conn_id,
-        retry_after=parse_retry_after(headers),
-        should_retry_header=parse_should_retry(headers),
-    )
+@dataclass(frozen=True)
+class ApiCall:
+    """One request as both funnels send it; it also names its failures (never with the key)."""
+
+    settings: ApiSettings
+    method: str
+    path: str
+    params: dict[str, str] | None = None
+    data: bytes | None = None
+    idempotent: bool = True
+
+    @classmethod
+    def of(
+        cls,
+        settings: ApiSettings,
+        method: str,
+        path: str,
+        params: Mapping[str, Any] | None = None,
+        body: Any = None,
+        idempotent: bool = True,
+    ) -> ApiCall:
+        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None} or None
+        data = None if body is None else json.dumps(body, default=_json_default).encode()
+        return cls(settings, method, path, query, data, idempotent)
+
+    @property
+    def url(self) -> str:
+        return self.settings.base_url + self.path
+
+    def headers(self) -> dict[str, str]:
+        """Headers of the request (gzip is the only content coding asked for)."""
+        headers = {
+            "Authorization": f"Bearer {self.settings.api_key}",
+            "Cartesia-Version": self.settings.api_version,
+            "User-Agent": USER_AGENT,
+            "Accept": "application/json",
+            "Accept-Encoding": "gzip",
+        }
+        if self.data is not None:
+            headers["Content-Type"] = "application/json"
+        return headers
+
+    def transport_error(self, exc: BaseException, what: str, *, sent: bool) -> CartesiaTransportError:
+        """No answer; a dialing request that may have arrived becomes 'outcome unknown' (never resent)."""
+        cls = CartesiaTransportError if self.idempotent or not sent else CartesiaCreateOutcomeUnknownError
+        message = f"{what} ({type(exc).__name__}, base URL {self.settings.base_url})"
+        return cls(message, sent=sent, method=self.method, path=self.path, conn_id=self.settings.conn_id)
+
+    def deadline_passed(self, exc: BaseException) -> CartesiaTransportError:
+        what = (
+            f"no complete answer within the {self.settings.deadline:g} s deadline (connect plus read timeout); "
+            "the server kept the connection busy without finishing"
+        )
+        return self.transport_error(exc, what, sent=True)
+
+    def read_timeout(self, exc: BaseException) -> CartesiaTransportError:
+        return self.transport_error(
+            exc, f"no response within the {self.settings.read_timeout:g} s read timeout", sent=True
+        )
 
 
-def _shown_location(headers: Mapping[str, str], settings: ApiSettings) -> str:
-    """A redirect's target as safe to show: scheme, host and path, redacted (its query may hold anything)."""
-    location = headers.get("location")
-    if not location:
-        return "no location"
-    parts = urlsplit(location)
-    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}" if parts.scheme else parts.path
-    return redact(_CONTROL.sub("", shown), (settings.api_key,))[:120] or "a location that cannot be shown"
+def _query_value(value: Any) -> str:
+    if isinstance(value, datetime):
+        return value.isoformat().replace("+00:00", "Z")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            raise ValueError("datetimes sent to Cartesia must be timezone-aware (RFC 3339 with offset)")
+        return value.isoformat().replace("+00:00", "Z")
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json", exclude_none=True)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
 class BodyReader:
-    """Collects a response body from raw chunks, decoding gzip as it goes, and stops at a size cap.
+    """Turns one response into its body or its error: gunzips as the raw chunks arrive and stops at a cap.
 
-    Both funnels feed it undecoded bytes, so a small compressed answer that inflates to gigabytes (a
-    gzip bomb) is refused once the connection's ``max_response_bytes`` are exceeded, never held whole.
-    An error body is only quoted, so past :data:`MAX_ERROR_BODY_BYTES` it is cut instead (:attr:`full`).
+    Fed undecoded bytes, so a gzip bomb is refused past ``max_response_bytes``, never held whole. An
+    error body is only quoted, so past :data:`MAX_ERROR_BODY_BYTES` it is cut instead (:meth:`feed`).
     """
 
-    def __init__(
-        self, settings: ApiSettings, method: str, path: str, status_code: int, content_encoding: str | None
-    ) -> None:
-        self.settings, self.method, self.path = settings, method, path
+    def __init__(self, call: ApiCall, status_code: int, headers: Mapping[str, str]) -> None:
+        self.call, self.status_code, self.headers = call, status_code, headers
         self.truncate = status_code >= 300
-        self.limit = MAX_ERROR_BODY_BYTES if self.truncate else settings.max_response_bytes
-        coding = (content_encoding or "identity").strip().lower()
+        self.limit = MAX_ERROR_BODY_BYTES if self.truncate else call.settings.max_response_bytes
+        coding = (headers.get("content-encoding") or "identity").strip().lower()
         if coding not in ("identity", "gzip", "x-gzip", "deflate") and not self.truncate:
             raise self._unreadable(f"content-encoding {coding[:40]!r}, which was not asked for (only gzip is)")
         self._zlib = zlib.decompressobj(zlib.MAX_WBITS | 32) if coding in ("gzip", "x-gzip", "deflate") else None
@@ -349,14 +365,13 @@ class BodyReader:
 
     @property
     def full(self) -> bool:
-        """Whether an error body reached its cap (reading on is pointless)."""
         return self.truncate and self.size >= self.limit
 
-    def feed(self, chunk: bytes) -> None:
-        """Add raw bytes as they arrived; past the cap, an answer raises :class:`CartesiaResponseTooLargeError`."""
+    def feed(self, chunk: bytes) -> bool:
+        """Add raw bytes as they arrived; True once reading on is pointless (an error body at its cap)."""
         if self._zlib is None:
             self._add(chunk)
-            return
+            return self.full
         data = chunk
         while data and not self.full:
             try:
@@ -367,6 +382,7 @@ class BodyReader:
             data = self._zlib.unconsumed_tail
             if self._zlib.eof and self._zlib.unused_data.strip(b"\0"):
                 data, self._zlib = self._zlib.unused_data + data, zlib.decompressobj(zlib.MAX_WBITS | 32)
+        return self.full
 
     def _add(self, data: bytes) -> None:
         room = self.limit - self.size
@@ -375,24 +391,158 @@ class BodyReader:
                 raise CartesiaResponseTooLargeError(
                     f"the answer is larger than the connection's max_response_bytes ({self.limit:,} bytes "
                     "decoded); reading stopped there",
-                    method=self.method,
-                    path=self.path,
-                    conn_id=self.settings.conn_id,
+                    method=self.call.method,
+                    path=self.call.path,
+                    conn_id=self.call.settings.conn_id,
                 )
             data = data[:room]
         self.size += len(data)
         self._parts.append(data)
 
     def _unreadable(self, reason: str) -> CartesiaResponseError:
+        call = self.call
         return CartesiaResponseError(
             f"the body could not be decoded: {reason}",
-            method=self.method,
-            path=self.path,
-            conn_id=self.settings.conn_id,
+            method=call.method,
+            path=call.path,
+            conn_id=call.settings.conn_id,
         )
 
-    def content(self) -> bytes:
-        return b"".join(self._parts)
+    def result(self) -> bytes:
+        """The body of a 2xx answer; any other status raises its error."""
+        content = b"".join(self._parts)
+        if not self.truncate:
+            return content
+        call, headers = self.call, self.headers
+        parts = describe_error_body(content, headers.get("content-type"), (call.settings.api_key,))
+        if self.status_code < 400:
+            parts["message"] = f"unexpected redirect ({_shown_location(headers, call.settings)}); check the base URL"
+        raise error_class(self.status_code)(
+            parts.pop("message") or "(empty body)",
+            status_code=self.status_code,
+            **parts,
+            method=call.method,
+            path=call.path,
+            conn_id=call.settings.conn_id,
+            retry_after=parse_retry_after(headers),
+            should_retry_header=parse_should_retry(headers),
+        )
+
+
+def error_class(status_code: int) -> type[CartesiaAPIError]:
+    """The one map from an HTTP error status to its exception class."""
+    if status_code in (400, 422):
+        return CartesiaBadRequestError
+    if status_code in (401, 403):
+        return CartesiaAuthError
+    if status_code == 402:
+        return CartesiaPaymentRequiredError
+    if status_code == 404:
+        return CartesiaNotFoundError
+    if status_code == 429:
+        return CartesiaRateLimitError
+    if status_code >= 500:
+        return CartesiaServerError
+    return CartesiaAPIError
+
+
+def describe_error_body(body: bytes, content_type: str | None, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``error_code``, ``title``, ``message`` and ``request_id`` of an error body (Cartesia JSON, plain
+    text or a proxy's HTML page), redacted and short."""
+    text = body.decode("utf-8", errors="replace").strip()
+    parts: dict[str, Any] = {"error_code": None, "title": None, "message": None, "request_id": None}
+    try:
+        data = json.loads(text) if text[:1] in "{[" else None
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        for key in parts:
+            value = data.get(key)
+            parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
+        if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
+            parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
+        if parts["message"] is None:
+            detail = data.get("detail") or data.get("error") or text
+            parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]
+        return parts
+    if "html" in (content_type or "").lower() or text[:1] == "<":
+        match = _HTML_TITLE.search(text)
+        page = match.group(1) if match else _TAGS.sub(" ", text)
+        page = redact(_SPACES.sub(" ", page).strip(), secrets)[:120] or "an HTML page"
+        parts["message"] = f"an HTML page instead of a Cartesia error (a proxy or wrong host?): {page}"
+        return parts
+    if ": " in text and "\n" not in text[:200]:
+        title, _, text = text.partition(": ")
+        parts["title"] = redact(title, secrets)[:MAX_BODY_CHARS]
+    parts["message"] = redact(_SPACES.sub(" ", text), secrets)[:MAX_BODY_CHARS] or "(empty body)"
+    return parts
+
+
+def _shown_location(headers: Mapping[str, str], settings: ApiSettings) -> str:
+    """A redirect's target, safe to show: scheme, host and path, redacted (its query may hold anything)."""
+    location = headers.get("location")
+    if not location:
+        return "no location"
+    parts = urlsplit(location)
+    shown = f"{parts.scheme}://{parts.hostname or ''}{parts.path}" if parts.scheme else parts.path
+    return redact(_CONTROL.sub("", shown), (settings.api_key,))[:120] or "a location that cannot be shown"
+
+
+def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -> float | None:
+    """Seconds from ``retry-after-ms`` or ``Retry-After`` (seconds or an HTTP date); None when absent,
+    unparseable, not finite, negative or above :data:`MAX_RETRY_AFTER`."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    seconds = _finite(lowered.get("retry-after-ms"))
+    seconds = seconds / 1000 if seconds is not None else None
+    value = lowered.get("retry-after", "").strip()
+    if seconds is None and value:
+        seconds = _finite(value)
+        if seconds is None:
+            try:
+                when = email.utils.parsedate_to_datetime(value)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=timezone.utc)
+            seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER else None
+
+
+def _finite(value: str | None) -> float | None:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def parse_should_retry(headers: Mapping[str, str]) -> bool | None:
+    """The server's ``x-should-retry`` verdict: True, False, or None when it gave none."""
+    value = next((v for k, v in headers.items() if k.lower() == "x-should-retry"), None)
+    return None if value is None else value.strip().lower() == "true"
+
+
+def should_retry(error: BaseException, *, idempotent: bool = True) -> bool:
+    """Whether a failed request may be sent again: transient, and safe to resend.
+
+    A dialing request (create, retry) is resent only when it provably never left: a connect failure.
+    Anything else may have reached Cartesia, which has no idempotency key.
+    """
+    if isinstance(error, CartesiaCreateOutcomeUnknownError):
+        return False
+    if isinstance(error, CartesiaTransportError):
+        return idempotent or not error.sent
+    return idempotent and is_transient(error)
+
+
+def retry_delay(
+    retries_taken: int, error: BaseException | None = None, *, jitter: Callable[[], float] = random.random
+) -> float:
+    """Seconds before retry ``retries_taken + 1``: the server's Retry-After, else 0.5, 1, 2 ... 8 s
+    scaled by a jitter factor in (0.75, 1.0]."""
+    if isinstance(error, CartesiaAPIError) and error.retry_after is not None:
+        return error.retry_after
+    return min(INITIAL_RETRY_DELAY * 2**retries_taken, MAX_RETRY_DELAY) * (1 - 0.25 * jitter())
 
 
 def check_answer_id(requested: str, answered: object, what: str, method: str, path: str, conn_id: str = "") -> None:
@@ -407,43 +557,21 @@ def check_answer_id(requested: str, answered: object, what: str, method: str, pa
         )
 
 
-@contextlib.contextmanager
-def cyclic_gc_paused() -> Iterator[None]:
-    """Pause Python's cyclic garbage collector while a large, acyclic response is parsed or written.
-
-    Parsing 5,000 recipients allocates tens of thousands of objects, which sets off full
-    collections; in a process that imported Airflow each one scans the whole heap and frees nothing,
-    since the parsed objects hold no cycles (reference counting frees them). The collector is
-    restored afterwards and runs as usual.
-    """
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
-
-
 def parse_model(model: type[ModelT], content: bytes, method: str, path: str, conn_id: str = "") -> ModelT:
-    """Parse a 2xx body into ``model``; a body that is not JSON or does not fit names what was wrong.
-
-    The message lists field locations and pydantic's reason, never the offending values (they may be
-    phone numbers).
-    """
-    from pydantic import ValidationError
+    """Parse a 2xx body into ``model``; the error names field locations and reasons, never values."""
+    from pydantic import ValidationError  # this module loads with get_provider_info: kept light
 
     try:
-        with cyclic_gc_paused():
-            return model.model_validate_json(content)  # type: ignore[attr-defined]
+        return model.model_validate_json(content)  # type: ignore[attr-defined]
     except ValidationError as exc:
-        problems = []
-        for err in exc.errors(include_url=False, include_input=False)[:5]:
-            loc = ".".join(str(p) for p in err["loc"]) or "(body)"
-            problems.append(f"{loc}: {err['msg']}")
+        errors = exc.errors(include_url=False, include_input=False)
+        problems = [f"{'.'.join(str(p) for p in err['loc']) or '(body)'}: {err['msg']}" for err in errors[:5]]
         more = f" and {exc.error_count() - 5} more" if exc.error_count() > 5 else ""
-        if any(e["type"].startswith("json") for e in exc.errors(include_url=False, include_input=False)):
+        if any(e["type"].startswith("json") for e in errors):
             what = f"the body is not valid JSON ({len(content):,} bytes; {problems[0]})"
         else:
             what = f"the body does not fit {model.__name__}: {'; '.join(problems)}{more}"
         raise CartesiaResponseError(what, method=method, path=path, conn_id=conn_id) from None
+
+
+cyclic_gc_paused = contextlib.nullcontext  # no longer pauses the GC; delete once transfers stops importing it

@@ -1,7 +1,4 @@
-"""What older Airflow 3 releases lack, in one place.
-
-The provider is written for the newest Airflow; this module hands the rest of the package the same
-names on every supported release (3.0 to 3.3), so no other module imports by release:
+"""The same names on every supported Airflow release (3.0 to 3.3), so no other module imports by release:
 
 ============================  ===========================  ==============================
 name                          3.2 and later                before 3.2
@@ -16,16 +13,8 @@ fail/skip/timeout/not-found                                task runner catches t
 ``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
 ============================  ===========================  ==============================
 
-A trigger's ``asset_state_store`` (where an event trigger keeps its watermark) is 3.3's; earlier
-releases have no such attribute, and ``asset_state_store(trigger)`` gives ``None`` there.
-
-On 3.0 a trigger looks its connection up through ``sync_to_async(get_connection)`` in a worker
-thread, as the HTTP provider did before Airflow grew ``aget_connection`` (3.1). 3.1.0's
-``aget_connection`` fails outside Airflow's own processes (``dag.test()``, a script: no supervisor
-channel); there too the thread lookup is used.
-
-Cheap to import: ``BaseHook`` and ``CronTriggerTimetable`` are imported on first use, the rest is
-what the importing modules imported anyway.
+``asset_state_store(trigger)`` is 3.3's store, ``None`` before. Where ``aget_connection`` is missing (3.0)
+or fails outside Airflow's own processes (3.1.0), the sync lookup runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -90,11 +79,7 @@ def _base_hook() -> type:
         from airflow.sdk import BaseHook as SdkBaseHook
 
         class BaseHook31(SdkBaseHook):
-            """Airflow 3.1's BaseHook; the async lookup also works outside a worker or triggerer.
-
-            3.1.0's ``aget_connection`` imports the supervisor channel that only Airflow's own processes
-            set, and fails without it (``dag.test()``, a script): there the lookup runs in a worker thread.
-            """
+            """Airflow 3.1's BaseHook; 3.1.0's lookups fail without a supervisor channel (``dag.test()``)."""
 
             @classmethod
             def get_connection(cls, conn_id: str) -> Any:

@@ -1,4 +1,4 @@
-"""Errors raised by the Cartesia provider: one rooted tree, one status-to-class map.
+"""Errors raised by the Cartesia provider, as one rooted tree (statuses map to classes in :func:`api.error_class`).
 
 ::
 
@@ -21,27 +21,17 @@
     └── CartesiaWarehouseError           writing export rows to a SQL warehouse failed (batch, table, error kind)
         └── CartesiaWarehouseSchemaError the table name is unsafe, or the table is missing or lacks columns
 
-Whether an error is worth another try has one answer, :func:`is_permanent` (and :func:`is_transient`),
-read by the hook's retries, the wait's failure budget, the export and the cancel operator.
-
-Messages never carry the API key or phone numbers: every text that came from the network passes
-through :func:`redact` before it lands in an exception. Warehouse errors never quote a database
-driver's message about a write, which may hold the row's values.
+:func:`is_permanent` is the one answer to "may asking again succeed?". Messages never carry the API key
+or phone numbers (:func:`redact`), nor a database driver's message about a write.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterable
 
 _PHONE = re.compile(r"\+?\b[1-9]\d{6,14}\b")
 _API_KEY = re.compile(r"sk_car_[A-Za-z0-9_\-]+")
-_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_HTML_TITLE = re.compile(r"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
-_TAGS = re.compile(r"<[^>]+>")
-_SPACES = re.compile(r"\s+")
-MAX_BODY_CHARS = 300
 
 
 def redact(text: str, secrets: Iterable[str] = ()) -> str:
@@ -66,18 +56,18 @@ class CartesiaInvalidIdError(CartesiaError, ValueError):
 
 
 class CartesiaAPIError(CartesiaError):
-    """A request to the Cartesia API failed.
+    """A request to the Cartesia API failed; its message ends with :attr:`hint`.
 
     :param status_code: HTTP status, or ``None`` when no response arrived.
-    :param error_code: Cartesia's machine-readable code (may be ``None``, as the API documents).
-    :param title: Cartesia's short title of the error.
-    :param message: what Cartesia said, or a description of the transport failure.
+    :param error_code: Cartesia's machine-readable code (may be ``None``).
     :param request_id: Cartesia's request id, to quote to their support.
-    :param method: HTTP method of the failed request.
-    :param path: path of the failed request (ids only; never a query string with data).
-    :param conn_id: Airflow connection id the request used.
-    :param retry_after: seconds the server asked us to wait, when it said so.
+    :param path: path of the failed request (ids only, never a query string).
+    :param retry_after: seconds the server asked us to wait (``Retry-After``), when it said so.
+    :param should_retry_header: the server's ``x-should-retry``, when it sent one.
     """
+
+    hint = ""
+    """What the user can do about this error; empty when there is nothing to add."""
 
     def __init__(
         self,
@@ -111,12 +101,11 @@ class CartesiaAPIError(CartesiaError):
         code = f" [{self.error_code}]" if self.error_code else ""
         title = f" {self.title}:" if self.title and self.title not in self.message else ""
         request = f" (request_id {self.request_id})" if self.request_id else ""
-        hint = self.hint()
+        hint = self._hint()
         return f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else "")
 
-    def hint(self) -> str:
-        """What the user can do about this error; empty when there is nothing to add."""
-        return ""
+    def _hint(self) -> str:
+        return self.hint
 
 
 class CartesiaBadRequestError(CartesiaAPIError):
@@ -126,7 +115,7 @@ class CartesiaBadRequestError(CartesiaAPIError):
 class CartesiaAuthError(CartesiaAPIError):
     """The API key was refused (401) or may not access this resource (403)."""
 
-    def hint(self) -> str:
+    def _hint(self) -> str:
         conn = f"Airflow connection '{self.conn_id}'" if self.conn_id else "the Airflow connection"
         if self.status_code == 403:
             return f"Check that the API key in {conn} belongs to the organization that owns this resource"
@@ -143,8 +132,7 @@ class CartesiaPaymentRequiredError(CartesiaAPIError):
 class CartesiaNotFoundError(CartesiaAPIError):
     """The batch, call, agent or phone number does not exist for this API key (404)."""
 
-    def hint(self) -> str:
-        return "Check the id, and that the connection's API key belongs to the organization that owns it"
+    hint = "Check the id, and that the connection's API key belongs to the organization that owns it"
 
 
 class CartesiaRateLimitError(CartesiaAPIError):
@@ -158,28 +146,25 @@ class CartesiaServerError(CartesiaAPIError):
 class CartesiaResponseError(CartesiaAPIError):
     """A successful status whose body is not JSON, or does not fit the documented model."""
 
-    def hint(self) -> str:
-        return (
-            "The API answered in a shape this provider does not understand; check the connection's "
-            "api_version and the base URL (a proxy or a wrong host answers like this)"
-        )
+    hint = (
+        "The API answered in a shape this provider does not understand; check the connection's "
+        "api_version and the base URL (a proxy or a wrong host answers like this)"
+    )
 
 
 class CartesiaResponseTooLargeError(CartesiaResponseError):
     """The body grew past the connection's ``max_response_bytes`` once decoded; reading stopped there."""
 
-    def hint(self) -> str:
-        return (
-            "A 5,000-recipient batch is a few MB; if a real answer is this large, raise the connection's "
-            "max_response_bytes extra, otherwise check the base URL"
-        )
+    hint = (
+        "A 5,000-recipient batch is a few MB; if a real answer is this large, raise the connection's "
+        "max_response_bytes extra, otherwise check the base URL"
+    )
 
 
 class CartesiaAnswerMismatchError(CartesiaResponseError):
     """The answer describes another batch or call than the one requested; it is never used."""
 
-    def hint(self) -> str:
-        return "Check the base URL and any proxy or cache in front of the API: it answers for other objects"
+    hint = "Check the base URL and any proxy or cache in front of the API: it answers for other objects"
 
 
 class CartesiaTransportError(CartesiaAPIError):
@@ -192,18 +177,14 @@ class CartesiaTransportError(CartesiaAPIError):
         self.sent = sent
         super().__init__(message, **kwargs)  # type: ignore[arg-type]
 
-    def hint(self) -> str:
-        return "Check the connection's base URL and that the host is reachable from the worker"
+    hint = "Check the connection's base URL and that the host is reachable from the worker"
 
 
 class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
-    """A request that dials (creating or retrying a batch) may have reached Cartesia, but no answer came back.
+    """A request that dials (create or retry a batch) may have reached Cartesia, but no answer came back.
+    Never resent: Cartesia has no idempotency key."""
 
-    The API has no idempotency key, so resending could dial recipients twice. The request is not
-    resent; look the batch up (by name, newest first, for a create) before sending it again.
-    """
-
-    def hint(self) -> str:
+    def _hint(self) -> str:
         if self.path and self.path.endswith("/retry"):
             return (
                 "The batch's failed recipients may have been re-queued. It was not sent again, because Cartesia "
@@ -218,7 +199,7 @@ class CartesiaCreateOutcomeUnknownError(CartesiaTransportError):
 
 
 class CartesiaCancelError(CartesiaError):
-    """Cancelling a list of batches failed for some of them; every batch was tried, the others were cancelled.
+    """Some batches of a list could not be cancelled (every one was tried).
 
     :param failures: ``{batch_id: error}`` for each batch that could not be cancelled.
     """
@@ -229,9 +210,7 @@ class CartesiaCancelError(CartesiaError):
 
 
 class CartesiaWarehouseError(CartesiaError):
-    """Writing a batch's rows to the warehouse failed; the batch's previous rows were kept.
-
-    The message names the batch, the table and the kind of database error, never the values.
+    """Writing a batch's rows failed; its previous rows were kept. The message never quotes values.
 
     :param table: the target table, as given.
     :param batch_id: the batch being written, when the failure concerns one.
@@ -266,15 +245,10 @@ TRANSIENT_STATUSES = frozenset({408, 429})
 
 
 def is_permanent(error: BaseException) -> bool:
-    """Whether asking again cannot succeed, so the error should fail the task at once.
+    """Whether asking again cannot succeed: the one classification, read by the hook's retries, the wait's
+    failure budget, the export and the cancel operator (the table is in docs/troubleshooting.md).
 
-    The one classification: the hook's retries, the wait's failure budget, the export and the cancel
-    operator all ask this. Permanent: a refused or wrong request (400, 401, 402, 403, 404, 422, any
-    other 4xx or 3xx unless ``x-should-retry: true``), an unusable connection or id, a body over the
-    size cap, an answer about another object, a table the export cannot use, and a create whose
-    outcome is unknown (resending could dial twice). Transient: network failures and timeouts, 408,
-    429, 5xx, a 2xx body that could not be read, other warehouse errors. Anything that is not a
-    :class:`CartesiaError` is a bug, not an outage: never permanent, never transient.
+    A non-:class:`CartesiaError` is a bug, not an outage: neither permanent nor transient.
     """
     if isinstance(
         error,
@@ -303,55 +277,3 @@ def is_permanent(error: BaseException) -> bool:
 def is_transient(error: BaseException) -> bool:
     """Whether the same request may succeed later: a :class:`CartesiaError` that is not :func:`is_permanent`."""
     return isinstance(error, CartesiaError) and not is_permanent(error)
-
-
-def error_class_for_status(status_code: int) -> type[CartesiaAPIError]:
-    """The one map from an HTTP error status to its exception class."""
-    if status_code in (400, 422):
-        return CartesiaBadRequestError
-    if status_code in (401, 403):
-        return CartesiaAuthError
-    if status_code == 402:
-        return CartesiaPaymentRequiredError
-    if status_code == 404:
-        return CartesiaNotFoundError
-    if status_code == 429:
-        return CartesiaRateLimitError
-    if status_code >= 500:
-        return CartesiaServerError
-    return CartesiaAPIError
-
-
-def describe_error_body(body: bytes, content_type: str | None, secrets: Iterable[str] = ()) -> dict[str, str | None]:
-    """Turn an error body (Cartesia JSON, plain text or a proxy's HTML page) into readable parts.
-
-    Returns ``error_code``, ``title``, ``message`` and ``request_id``; the message is redacted and short.
-    """
-    text = body.decode("utf-8", errors="replace").strip()
-    parts: dict[str, str | None] = {"error_code": None, "title": None, "message": None, "request_id": None}
-    try:
-        data = json.loads(text) if text[:1] in "{[" else None
-    except ValueError:
-        data = None
-    if isinstance(data, dict):
-        for key in ("error_code", "title", "message", "request_id"):
-            value = data.get(key)
-            parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
-        if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
-            parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
-        if parts["message"] is None:
-            detail = data.get("detail") or data.get("error") or text
-            parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]
-        return parts
-    if "html" in (content_type or "").lower() or text[:1] == "<":
-        match = _HTML_TITLE.search(text)
-        page = match.group(1) if match else _TAGS.sub(" ", text)
-        page = redact(_SPACES.sub(" ", page).strip(), secrets)[:120] or "an HTML page"
-        parts["message"] = f"an HTML page instead of a Cartesia error (a proxy or wrong host?): {page}"
-        return parts
-    if ": " in text and "\n" not in text[:200]:
-        title, _, message = text.partition(": ")
-        parts["title"] = redact(title, secrets)[:MAX_BODY_CHARS]
-        text = message
-    parts["message"] = redact(_SPACES.sub(" ", text), secrets)[:MAX_BODY_CHARS] or "(empty body)"
-    return parts

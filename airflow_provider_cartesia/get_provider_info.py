@@ -1,8 +1,4 @@
-"""Provider metadata read by Airflow's providers manager.
-
-Airflow imports this module on every CLI call, so it must stay free of airflow (and of anything
-heavy): it only returns a dict.
-"""
+"""Provider metadata for Airflow's providers manager, imported on every CLI call: no airflow, nothing heavy."""
 
 from __future__ import annotations
 
@@ -37,15 +33,10 @@ def get_provider_info() -> dict[str, Any]:
                 "tags": ["service"],
             }
         ],
-        "hooks": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.hooks.cartesia"]}],
-        "sensors": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.sensors.call_batch"]}],
-        "triggers": [
-            {
-                "integration-name": "Cartesia",
-                "python-modules": [f"{_PKG}.triggers.call_batch", f"{_PKG}.triggers.call_batch_event"],
-            }
-        ],
-        "operators": [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.operators.call_batch"]}],
+        "hooks": _modules("hooks.cartesia"),
+        "sensors": _modules("sensors.call_batch"),
+        "triggers": _modules("triggers.call_batch", "triggers.call_batch_event"),
+        "operators": _modules("operators.call_batch"),
         "transfers": [
             {
                 "source-integration-name": "Cartesia",
@@ -96,3 +87,7 @@ def get_provider_info() -> dict[str, Any]:
             }
         ],
     }
+
+
+def _modules(*names: str) -> list[dict[str, Any]]:
+    return [{"integration-name": "Cartesia", "python-modules": [f"{_PKG}.{name}" for name in names]}]

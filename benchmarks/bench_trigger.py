@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CONTENDERS = {
-    "async": "native async (CallBatchTrigger)",
+    "async": "native async (CallBatchTrigger: the agent's list, one walk per interval)",
+    "async-get": "native async, one GET per wait (the hook's httpx path)",
     "thread": "sync hook in a thread pool",
     "blocking": "blocking sync hook in run()",
 }
@@ -52,6 +54,7 @@ MAX_TALK = 12.0
 SETTLE_WINDOW = (4.0, 13.0 + MAX_TALK)
 THROUGHPUT_WINDOW = (2.0, 5.0)
 RSS_AT = 5.0
+AGENT_ID = "agent_sim"  # the simulator's default agent, that of every seeded batch
 
 
 # ---- the simulator process ---------------------------------------------------------------------------
@@ -101,6 +104,7 @@ def serve(conn: Any, latency: float) -> None:
 
 def contender(kind: str, cap: float) -> None:
     """Child interpreter: waits for the batch list on stdin, runs the triggers, prints results as JSON."""
+    from airflow_provider_cartesia.exceptions import CartesiaError
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
     from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
@@ -118,21 +122,34 @@ def contender(kind: str, cap: float) -> None:
         poll_times.append(now)
 
     class Native(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
+        async def _poll(self, hook: CartesiaHook, watch: Any, urgent: bool) -> Any:
             _count_poll()
-            return await hook.aget_call_batch(self.batch_id)
+            return await super()._poll(hook, watch, urgent)
 
-    class ThreadPool(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-            _count_poll()
-            return await asyncio.to_thread(hook.get_call_batch, self.batch_id)
+    def get_per_wait(fetch: Callable[[CartesiaHook, str], Awaitable[CallBatch]]) -> type[CallBatchTrigger]:
+        class GetPerWait(CallBatchTrigger):
+            async def _poll(self, hook: CartesiaHook, watch: Any, urgent: bool) -> Any:
+                _count_poll()
+                try:
+                    batch = await fetch(hook, self.batch_id)
+                except CartesiaError as exc:
+                    return watch.failed(exc), None
+                return watch.observe(batch), None
 
-    class Blocking(CallBatchTrigger):
-        async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-            _count_poll()
-            return hook.get_call_batch(self.batch_id)
+        return GetPerWait
 
-    cls = {"async": Native, "thread": ThreadPool, "blocking": Blocking}[kind]
+    async def thread_get(hook: CartesiaHook, batch_id: str) -> CallBatch:
+        return await asyncio.to_thread(hook.get_call_batch, batch_id)
+
+    async def blocking_get(hook: CartesiaHook, batch_id: str) -> CallBatch:
+        return hook.get_call_batch(batch_id)
+
+    cls = {
+        "async": Native,
+        "async-get": get_per_wait(lambda hook, batch_id: hook.aget_call_batch(batch_id)),
+        "thread": get_per_wait(thread_get),
+        "blocking": get_per_wait(blocking_get),
+    }[kind]
 
     async def main() -> dict[str, Any]:
         import psutil
@@ -153,7 +170,9 @@ def contender(kind: str, cap: float) -> None:
         statuses: dict[str, str] = {}
 
         async def wait(batch_id: str) -> None:
-            trigger = cls(batch_id=batch_id, poll_interval=POLL_INTERVAL, end_time=end_time)
+            # As the sensor defers: its first poke read the batch, so the trigger knows the agent.
+            agent = {"agent_id": AGENT_ID} if kind == "async" else {}
+            trigger = cls(batch_id=batch_id, poll_interval=POLL_INTERVAL, end_time=end_time, **agent)
             async for event in trigger.run():
                 statuses[batch_id] = event.payload["status"]
                 if event.payload["status"] == "success":
@@ -330,6 +349,8 @@ def main() -> int:
         + ("met" if rss_ok else "**missed**"),
     ]
     executor_threads = min(32, (os.cpu_count() or 1) + 4)
+    from airflow_provider_cartesia.hooks.cartesia import ASYNC_CLIENT_CONNECTIONS, ASYNC_CLIENTS
+
     body = f"""
 {args.triggers:,} triggers per contender in one event loop, each waiting for its own two-recipient
 batch; poll interval {POLL_INTERVAL:g} s; the batches' calls end at random times
@@ -358,9 +379,12 @@ How to read it:
   {args.triggers:,} triggers share about {blocking["polls_per_s"]:.0f} polls/s; most batches are never polled
   after they settle within the run. The thread pool is capped by the default executor's
   {executor_threads} threads.
-- The hook's async path spreads requests over small httpx pools behind a semaphore (`_AsyncPools` in
-  `hooks/cartesia.py`). With one httpx pool of 200 connections, as before, the same run managed about
-  60 polls/s at 8-15 ms CPU per poll: httpcore 1.0's pool does O(connections²) work per request.
+- A poll of the native trigger reads its counters from the agent's batch list: one walk of the list
+  per interval serves every waiting trigger (the trigger knows the agent, as when the sensor defers),
+  and a settled batch costs one confirming GET. The GET-per-wait row is the workload before the list.
+- The hook's async path takes up to {ASYNC_CLIENTS} small httpx clients of {ASYNC_CLIENT_CONNECTIONS}
+  connections per event loop in turn (`hooks/cartesia.py`): httpcore 1.0's pool does work in
+  proportion to connections x queued requests on every request, so one big pool is slow under bursts.
 - The simulator listens with a backlog of 1,024, not the standard library's 5: with 5, a pool
   opening a hundred connections at once loses SYNs, which come back 1, 3 or 7 s later.
 """

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from airflow_provider_cartesia.api import describe_error_body, error_class, should_retry
 from airflow_provider_cartesia.exceptions import (
     CartesiaAnswerMismatchError,
     CartesiaAPIError,
@@ -25,8 +26,6 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaTransportError,
     CartesiaWarehouseError,
     CartesiaWarehouseSchemaError,
-    describe_error_body,
-    error_class_for_status,
     is_permanent,
     is_transient,
     redact,
@@ -49,7 +48,7 @@ from airflow_provider_cartesia.exceptions import (
     ],
 )
 def test_one_map_from_status_to_class(status: int, cls: type[CartesiaAPIError]):
-    assert error_class_for_status(status) is cls
+    assert error_class(status) is cls
     assert issubclass(cls, CartesiaError)
 
 
@@ -135,7 +134,7 @@ def test_auth_error_says_what_to_check():
 
 
 def _status(status: int, header: bool | None = None) -> CartesiaAPIError:
-    return error_class_for_status(status)("x", status_code=status, should_retry_header=header)
+    return error_class(status)("x", status_code=status, should_retry_header=header)
 
 
 @pytest.mark.parametrize(
@@ -172,7 +171,6 @@ def _status(status: int, header: bool | None = None) -> CartesiaAPIError:
 )
 def test_one_classification_of_permanent_and_transient(error: CartesiaError, permanent: bool):
     """The single answer read by the hook's retries, the wait's budget, the export and the cancel operator."""
-    from airflow_provider_cartesia.retry import should_retry
     from airflow_provider_cartesia.waiting import is_fatal
 
     assert is_permanent(error) is permanent

@@ -10,6 +10,7 @@ from email.utils import format_datetime
 import pytest
 import time_machine
 
+from airflow_provider_cartesia.api import DEFAULT_MAX_RETRIES
 from airflow_provider_cartesia.exceptions import (
     CartesiaAPIError,
     CartesiaAuthError,
@@ -26,7 +27,6 @@ from airflow_provider_cartesia.exceptions import (
 )
 from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
 from airflow_provider_cartesia.models import AgentCall, BatchStatus, CallBatch
-from airflow_provider_cartesia.retry import DEFAULT_MAX_RETRIES
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
 from tests.helpers import SleepRecorder, cartesia_connection_json
 
@@ -687,13 +687,13 @@ def test_async_timeout_and_malformed_body(cartesia_simulator: CartesiaSimulator,
         asyncio.run(hook.aget_call_batch(batch_id))
 
 
-def test_async_pools_of_closed_event_loops_are_dropped(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
+def test_async_clients_of_closed_event_loops_are_dropped(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):
     from airflow_provider_cartesia.hooks import cartesia as module
 
     batch_id = cartesia_simulator.seed_batch(recipients=1)
     for _ in range(3):
         asyncio.run(hook.aget_call_batch(batch_id))
-    assert len(module._ASYNC_POOLS) == 1, "only the last loop's pools remain"
+    assert len(module._ASYNC_CLIENTS) == 1, "only the last loop's client remains"
 
 
 def test_async_hostile_id_is_refused(hook: CartesiaHook, cartesia_simulator: CartesiaSimulator):

@@ -6,6 +6,14 @@ from datetime import datetime, timezone
 
 import pytest
 
+from airflow_provider_cartesia.api import (
+    MAX_RETRY_DELAY,
+    error_class,
+    parse_retry_after,
+    parse_should_retry,
+    retry_delay,
+    should_retry,
+)
 from airflow_provider_cartesia.exceptions import (
     CartesiaAnswerMismatchError,
     CartesiaAPIError,
@@ -14,21 +22,13 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaResponseError,
     CartesiaResponseTooLargeError,
     CartesiaTransportError,
-    error_class_for_status,
-)
-from airflow_provider_cartesia.retry import (
-    MAX_RETRY_DELAY,
-    parse_retry_after,
-    parse_should_retry,
-    retry_delay,
-    should_retry,
 )
 
 NOW = datetime(2026, 6, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
 def status_error(status: int, *, retry_after: float | None = None, header: bool | None = None) -> CartesiaAPIError:
-    return error_class_for_status(status)("x", status_code=status, retry_after=retry_after, should_retry_header=header)
+    return error_class(status)("x", status_code=status, retry_after=retry_after, should_retry_header=header)
 
 
 @pytest.mark.parametrize(

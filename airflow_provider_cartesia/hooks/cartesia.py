@@ -1,44 +1,46 @@
 """CartesiaHook: the one place that speaks HTTP to Cartesia.
 
-Every request goes through one funnel (:meth:`CartesiaHook._send` for requests, :meth:`CartesiaHook._asend`
-for httpx in triggers). Both funnels build the request and read the answer with
-:mod:`airflow_provider_cartesia.api` and decide on retries with :mod:`airflow_provider_cartesia.retry`;
-only the I/O is written twice.
+Every request goes through one funnel, :meth:`CartesiaHook._send` (requests, in tasks) or
+:meth:`CartesiaHook._asend` (httpx, in triggers); both build the request, read the answer and decide on
+retries with :mod:`airflow_provider_cartesia.api`. Only the socket I/O is written twice.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
+import itertools
 import socket
 import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from airflow_provider_cartesia.api import (
     CONN_TYPE,
     DEFAULT_CONN_ID,
     READ_CHUNK_BYTES,
     SUPPORTED_API_VERSIONS,
+    ApiCall,
     ApiSettings,
     BodyReader,
+    ModelT,
     api_path,
     check_answer_id,
-    error_from_response,
     parse_model,
+    retry_delay,
     settings_from_connection,
+    should_retry,
 )
 from airflow_provider_cartesia.compat import BaseHook
 from airflow_provider_cartesia.exceptions import (
     CartesiaAuthError,
     CartesiaBadRequestError,
-    CartesiaCreateOutcomeUnknownError,
     CartesiaError,
     CartesiaResponseError,
     CartesiaTransportError,
@@ -53,13 +55,10 @@ from airflow_provider_cartesia.models import (
     CallBatchStatuses,
 )
 from airflow_provider_cartesia.polling import MAX_LIST_PAGES, SYNC_LIST_PAGE_SIZE, ListScan
-from airflow_provider_cartesia.retry import retry_delay, should_retry
 
 if TYPE_CHECKING:
     import httpx
     import requests
-
-ModelT = TypeVar("ModelT")
 
 BATCHES = "/agents/calls/batches"
 BATCH = "/agents/calls/batches/{batch_id}"
@@ -68,26 +67,25 @@ BATCH_RETRY = "/agents/calls/batches/{batch_id}/retry"
 CALLS = "/agents/calls"
 CALL = "/agents/calls/{call_id}"
 MAX_PAGE_SIZE = 100
+ASYNC_CLIENTS = 16
+ASYNC_CLIENT_CONNECTIONS = 8
+"""Each event loop has up to 16 small httpx clients (per direct/proxied), used in turn by every request:
+httpcore's pool does O(connections x queued requests) work per request, and one client of 32 connections
+took the list-walking triggers' p99 from 2.5 s to 3.5 s (docs/benchmarks.md)."""
 
-# Every hook on an event loop (every trigger of a triggerer) shares that loop's connections, so a
-# thousand waiting batches reuse keep-alive connections instead of opening one each. See _AsyncPools.
-_ASYNC_POOLS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, _AsyncPools]] = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, dict[int, httpx.AsyncClient]]] = (
     weakref.WeakKeyDictionary()
 )
-ASYNC_POOLS = 64
-ASYNC_POOL_CONNECTIONS = 4
+_turns = itertools.count()
 
 
 class CartesiaHook(BaseHook):
     """Talk to the Cartesia API: call batches and agent calls, typed, authenticated and retried.
 
-    Requests carry ``Authorization: Bearer <key>``, ``Cartesia-Version`` and a timeout. Reads are
-    retried on 408, 429, 5xx and network errors, with capped exponential backoff that honours
-    ``Retry-After``; creating a batch is never resent once it may have reached Cartesia.
+    Reads are retried on 408, 429, 5xx and network errors, with capped exponential backoff that honours
+    ``Retry-After``; a create or retry of a batch is never resent once it may have reached Cartesia.
 
-    :param cartesia_conn_id: Airflow connection of type ``cartesia``: API key in the password field,
-        base URL in the host field, extras ``api_version``, ``timeout``, ``max_retries``, ``dashboard_url``,
-        ``max_response_bytes``.
+    :param cartesia_conn_id: Airflow connection of type ``cartesia`` (see docs/connection.md).
     :param timeout: read timeout in seconds, overriding the connection's ``timeout`` extra.
     :param max_retries: retries per request, overriding the connection's ``max_retries`` extra.
     """
@@ -112,8 +110,6 @@ class CartesiaHook(BaseHook):
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
 
-    # -- connection ---------------------------------------------------------------------------
-
     @cached_property
     def settings(self) -> ApiSettings:
         """The connection, validated and resolved (looked up once per hook)."""
@@ -122,7 +118,7 @@ class CartesiaHook(BaseHook):
 
     async def asettings(self) -> ApiSettings:
         """Like :attr:`settings`, looked up with Airflow's async connection API (safe in a triggerer)."""
-        if "settings" not in self.__dict__:
+        if "settings" not in self.__dict__:  # the cache slot of the cached_property above
             conn = await self.aget_connection(self.cartesia_conn_id)
             # Off the event loop: checking the URL imports and runs the HTTP libraries' parsers.
             self.__dict__["settings"] = await asyncio.to_thread(
@@ -132,8 +128,8 @@ class CartesiaHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        """One keep-alive session for every request of this hook, its connections watched by :class:`_Deadline`."""
-        import requests
+        """One keep-alive session for every request of this hook; its connections obey :class:`_Deadline`."""
+        import requests  # about 70 ms that DAG parsing never needs
 
         session = requests.Session()
         session.trust_env = True  # HTTPS_PROXY and REQUESTS_CA_BUNDLE; never .netrc: see _BearerAuth
@@ -142,52 +138,49 @@ class CartesiaHook(BaseHook):
         session.mount("https://", adapter)
         return session
 
-    # -- the request funnel (sync) -------------------------------------------------------------
+    # -- the request funnel ----------------------------------------------------------------------
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        idempotent: bool = True,
-    ) -> bytes:
-        """Send one API request, retrying as :func:`~airflow_provider_cartesia.retry.should_retry` allows."""
-        from tenacity import Retrying
+    def _retry_delay(self, call: ApiCall, error: CartesiaError, retries_taken: int) -> float:
+        """Seconds to wait before sending ``call`` again; raises ``error`` when it may not be resent."""
+        if retries_taken >= call.settings.max_retries or not should_retry(error, idempotent=call.idempotent):
+            raise error
+        delay = retry_delay(retries_taken, error)
+        self.log.warning(
+            "Retrying in %.1f s (retry %d of %d): %s", delay, retries_taken + 1, call.settings.max_retries, error
+        )
+        return delay
 
-        settings = self.settings
-        for attempt in Retrying(sleep=self._sleep, **self._retry_policy(settings, idempotent)):
-            with attempt:
-                return self._send_once(settings, method, path, params, body, idempotent)
-        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
+    def _result(self, reader: BodyReader, started: float) -> bytes:
+        call = reader.call
+        self.log.debug(
+            "%s %s -> %s in %.0f ms", call.method, call.path, reader.status_code, 1000 * (time.monotonic() - started)
+        )
+        return reader.result()
 
-    def _send_once(
-        self,
-        settings: ApiSettings,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        body: Any,
-        idempotent: bool,
-    ) -> bytes:
-        import requests
+    def _send(self, call: ApiCall) -> bytes:
+        retries_taken = 0
+        while True:
+            try:
+                return self._send_once(call)
+            except CartesiaError as exc:  # _retry_delay raises it again when it may not be resent
+                self._sleep(self._retry_delay(call, exc, retries_taken))
+                retries_taken += 1
+
+    def _send_once(self, call: ApiCall) -> bytes:
+        import requests  # with the session above
         from urllib3.exceptions import HTTPError as Urllib3Error
 
-        headers = settings.headers()
-        data = None
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-            data = json.dumps(body, default=_json_default).encode()
+        settings = call.settings
+        headers = call.headers()
         started = time.monotonic()
         deadline = _Deadline(settings.deadline)
         try:
             with deadline:
                 response = self.session.request(
-                    method,
-                    settings.url(path),
-                    params=_clean_params(params),
-                    data=data,
+                    call.method,
+                    call.url,
+                    params=call.params,
+                    data=call.data,
                     headers=headers,
                     auth=_BearerAuth(headers["Authorization"]),
                     timeout=(settings.connect_timeout, settings.read_timeout),
@@ -196,60 +189,62 @@ class CartesiaHook(BaseHook):
                     proxies=_NO_PROXIES if settings.direct else None,  # type: ignore[arg-type]
                 )
                 with response:
-                    reader = BodyReader(
-                        settings, method, path, response.status_code, response.headers.get("content-encoding")
-                    )
+                    reader = BodyReader(call, response.status_code, response.headers)
                     for chunk in response.raw.stream(READ_CHUNK_BYTES, decode_content=False):
-                        reader.feed(chunk)
-                        if reader.full:
+                        if reader.feed(chunk):
                             break
         except (requests.exceptions.RequestException, Urllib3Error, OSError) as exc:
-            what, sent = _requests_failure(exc, settings, deadline.expired)
-            raise _transport_error(settings, method, path, exc, what, sent=sent, idempotent=idempotent) from exc
+            raise (call.deadline_passed(exc) if deadline.expired else _requests_failure(call, exc)) from exc
         if deadline.expired:  # cut off while reading the headers, which http.client may take as their end
-            raise _transport_error(
-                settings, method, path, TimeoutError(), _deadline_passed(settings), sent=True, idempotent=idempotent
+            raise call.deadline_passed(TimeoutError())
+        return self._result(reader, started)
+
+    async def _asend(self, call: ApiCall) -> bytes:
+        """Async twin of :meth:`_send` on httpx, with the same decisions."""
+        retries_taken = 0
+        while True:
+            try:
+                return await self._asend_once(call)
+            except CartesiaError as exc:  # _retry_delay raises it again when it may not be resent
+                await self._asleep(self._retry_delay(call, exc, retries_taken))
+                retries_taken += 1
+
+    async def _asend_once(self, call: ApiCall) -> bytes:
+        import httpx  # imported by airflow already; here for the exception classes
+
+        settings = call.settings
+        started = time.monotonic()
+
+        async def exchange() -> BodyReader:
+            client = _async_client(settings.direct)
+            request = client.build_request(
+                call.method,
+                call.url,
+                params=call.params,
+                headers=call.headers(),
+                timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             )
-        return self._answer(settings, method, path, response.status_code, response.headers, reader.content(), started)
+            response = await client.send(request, stream=True)
+            try:
+                reader = BodyReader(call, response.status_code, response.headers)
+                async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
+                    if reader.feed(chunk):
+                        break
+            finally:
+                await response.aclose()
+            return reader
 
-    def _retry_policy(self, settings: ApiSettings, idempotent: bool) -> dict[str, Any]:
-        """Tenacity arguments shared by both funnels: the one retry policy, bounded by the connection."""
-        from tenacity import retry_if_exception, stop_after_attempt
-
-        return {
-            "stop": stop_after_attempt(settings.max_retries + 1),
-            "retry": retry_if_exception(lambda exc: should_retry(exc, idempotent=idempotent)),
-            "wait": _retry_wait,
-            "before_sleep": self._log_retry,
-            "reraise": True,
-        }
-
-    def _answer(
-        self,
-        settings: ApiSettings,
-        method: str,
-        path: str,
-        status_code: int,
-        headers: Mapping[str, str],
-        content: bytes,
-        started: float,
-    ) -> bytes:
-        """The body of a successful response; an error response becomes its exception."""
-        self.log.debug("%s %s -> %s in %.0f ms", method, path, status_code, 1000 * (time.monotonic() - started))
-        if status_code >= 300:
-            raise error_from_response(settings, method, path, status_code, headers, content)
-        return content
-
-    def _log_retry(self, state: Any) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        wait = state.next_action.sleep if state.next_action else 0.0
-        self.log.warning(
-            "Retrying in %.1f s (retry %d of %d): %s",
-            wait,
-            state.attempt_number,
-            self.settings.max_retries,
-            error,
-        )
+        try:
+            reader = await asyncio.wait_for(exchange(), settings.deadline)
+        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+            raise call.transport_error(exc, "could not connect", sent=False) from exc
+        except httpx.TimeoutException as exc:
+            raise call.read_timeout(exc) from exc
+        except asyncio.TimeoutError as exc:
+            raise call.deadline_passed(exc) from exc
+        except httpx.HTTPError as exc:
+            raise call.transport_error(exc, "the connection dropped before a response arrived", sent=True) from exc
+        return self._result(reader, started)
 
     def _call(
         self,
@@ -260,105 +255,34 @@ class CartesiaHook(BaseHook):
         params: Mapping[str, Any] | None = None,
         body: Any = None,
         idempotent: bool = True,
+        answer_id: str | None = None,
     ) -> ModelT:
-        content = self._send(method, path, params=params, body=body, idempotent=idempotent)
-        return parse_model(model, content, method, path, self.cartesia_conn_id)
+        """One request parsed into ``model``; with ``answer_id``, only an answer about that object."""
+        content = self._send(ApiCall.of(self.settings, method, path, params, body, idempotent))
+        return self._parsed(model, content, method, path, answer_id)
 
-    # -- the request funnel (async, for triggers) ----------------------------------------------
+    async def _acall(
+        self, model: type[ModelT], path: str, *, params: Mapping[str, Any] | None = None, answer_id: str | None = None
+    ) -> ModelT:
+        content = await self._asend(ApiCall.of(await self.asettings(), "GET", path, params))
+        return self._parsed(model, content, "GET", path, answer_id)
 
-    async def _asend(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, Any] | None = None,
-        idempotent: bool = True,
-    ) -> bytes:
-        """Async twin of :meth:`_send` on httpx, with the same retry decisions."""
-        from tenacity import AsyncRetrying
+    def _parsed(self, model: type[ModelT], content: bytes, method: str, path: str, answer_id: str | None) -> ModelT:
+        answer = parse_model(model, content, method, path, self.cartesia_conn_id)
+        if answer_id is not None:
+            what = "agent call" if model is AgentCall else "call batch"
+            check_answer_id(answer_id, getattr(answer, "id", None), what, method, path, self.cartesia_conn_id)
+        return answer
 
-        settings = await self.asettings()
-        async for attempt in AsyncRetrying(sleep=self._asleep, **self._retry_policy(settings, idempotent)):
-            with attempt:
-                return await self._asend_once(settings, method, path, params, idempotent)
-        raise AssertionError("unreachable: tenacity either returns or re-raises")  # pragma: no cover
-
-    async def _asend_once(
-        self,
-        settings: ApiSettings,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None,
-        idempotent: bool,
-    ) -> bytes:
-        import httpx
-
-        started = time.monotonic()
-
-        async def exchange() -> tuple[httpx.Response, BodyReader]:
-            async with _async_pools(settings.direct).lease() as client:
-                request = client.build_request(
-                    method,
-                    settings.url(path),
-                    params=_clean_params(params),
-                    headers=settings.headers(),
-                    timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-                )
-                response = await client.send(request, stream=True)
-                try:
-                    reader = BodyReader(
-                        settings, method, path, response.status_code, response.headers.get("content-encoding")
-                    )
-                    async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
-                        reader.feed(chunk)
-                        if reader.full:
-                            break
-                finally:
-                    await response.aclose()
-                return response, reader
-
-        try:
-            response, reader = await asyncio.wait_for(exchange(), settings.deadline)
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise _transport_error(
-                settings, method, path, exc, "could not connect", sent=False, idempotent=True
-            ) from exc
-        except httpx.TimeoutException as exc:
-            what = f"no response within the {settings.read_timeout:g} s read timeout"
-            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        except asyncio.TimeoutError as exc:
-            what = _deadline_passed(settings)
-            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        except httpx.HTTPError as exc:
-            what = "the connection dropped before a response arrived"
-            raise _transport_error(settings, method, path, exc, what, sent=True, idempotent=idempotent) from exc
-        return self._answer(settings, method, path, response.status_code, response.headers, reader.content(), started)
-
-    # -- call batches --------------------------------------------------------------------------
+    # -- call batches ------------------------------------------------------------------------------
 
     def get_call_batch(self, batch_id: str) -> CallBatch:
         """A batch with every recipient's current status (up to 5,000, in one response)."""
-        path = api_path(BATCH, batch_id=batch_id)
-        return self._checked(self._call(CallBatch, "GET", path), batch_id, "call batch", "GET", path)
+        return self._call(CallBatch, "GET", api_path(BATCH, batch_id=batch_id), answer_id=batch_id)
 
     async def aget_call_batch(self, batch_id: str) -> CallBatch:
         """Async :meth:`get_call_batch`, for triggers."""
-        path = api_path(BATCH, batch_id=batch_id)
-        content = await self._asend("GET", path)
-        batch = parse_model(CallBatch, content, "GET", path, self.cartesia_conn_id)
-        return self._checked(batch, batch_id, "call batch", "GET", path)
-
-    def _checked(self, answer: ModelT, requested: str, what: str, method: str, path: str) -> ModelT:
-        """``answer``, once it is about the object requested (its ``id``)."""
-        check_answer_id(requested, getattr(answer, "id", None), what, method, path, self.cartesia_conn_id)
-        return answer
-
-    def list_call_batches(self, agent_id: str | None = None, page_size: int = MAX_PAGE_SIZE) -> Iterator[CallBatch]:
-        """Every batch, newest first (optionally of one agent), fetched page by page as you iterate.
-
-        Batches in a list carry no recipients; use :meth:`get_call_batch` for those.
-        """
-        return self._paginate(CallBatchPage, BATCHES, {"agent_id": agent_id}, page_size)
+        return await self._acall(CallBatch, api_path(BATCH, batch_id=batch_id), answer_id=batch_id)
 
     def get_call_batch_statuses(self, batch_id: str) -> CallBatch:
         """:meth:`get_call_batch` for a wait: recipients carry their status only (parsed 5x faster)."""
@@ -366,9 +290,11 @@ class CartesiaHook(BaseHook):
 
     async def aget_call_batch_statuses(self, batch_id: str) -> CallBatch:
         """Async :meth:`get_call_batch_statuses`, for triggers."""
-        path = api_path(BATCH, batch_id=batch_id)
-        content = await self._asend("GET", path)
-        return parse_model(CallBatchStatuses, content, "GET", path, self.cartesia_conn_id)
+        return await self._acall(CallBatchStatuses, api_path(BATCH, batch_id=batch_id))
+
+    def list_call_batches(self, agent_id: str | None = None, page_size: int = MAX_PAGE_SIZE) -> Iterator[CallBatch]:
+        """Every batch, newest first (optionally of one agent), page by page as you iterate; no recipients."""
+        return self._paginate(CallBatchPage, BATCHES, {"agent_id": agent_id}, page_size)
 
     def list_call_batch_page(
         self, agent_id: str | None = None, limit: int = MAX_PAGE_SIZE, starting_after: str | None = None
@@ -380,8 +306,7 @@ class CartesiaHook(BaseHook):
         self, agent_id: str | None = None, limit: int = MAX_PAGE_SIZE, starting_after: str | None = None
     ) -> CallBatchPage:
         """Async :meth:`list_call_batch_page`, for triggers."""
-        content = await self._asend("GET", BATCHES, params=_list_params(agent_id, limit, starting_after))
-        return parse_model(CallBatchPage, content, "GET", BATCHES, self.cartesia_conn_id)
+        return await self._acall(CallBatchPage, BATCHES, params=_list_params(agent_id, limit, starting_after))
 
     def find_call_batch_counters(
         self,
@@ -392,8 +317,8 @@ class CartesiaHook(BaseHook):
         page_size: int = SYNC_LIST_PAGE_SIZE,
         max_pages: int = MAX_LIST_PAGES,
     ) -> CallBatch | None:
-        """The batch as the list shows it (counters, no recipients), or None when the list does not show
-        it within ``max_pages`` pages (read it with :meth:`get_call_batch` then)."""
+        """The batch as its agent's list shows it (counters, no recipients), or None when the list does not
+        show it within ``max_pages`` pages."""
         scan = ListScan({batch_id: created_at}, max_pages=max_pages)
         while scan.add(self.list_call_batch_page(agent_id, page_size, scan.cursor)):
             pass
@@ -409,10 +334,9 @@ class CartesiaHook(BaseHook):
     ) -> CallBatch:
         """Queue a batch of outbound calls; Cartesia starts dialing at once or at ``scheduled_at``.
 
-        Sent once: the API has no idempotency key, so a request that may have reached Cartesia is
-        never resent (that could dial every recipient twice). If no answer arrives,
-        :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` is raised:
-        look the batch up by name with :meth:`list_call_batches` before creating it again.
+        Sent once: without an answer it raises
+        :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` (look the batch up
+        by name before creating it again).
 
         :param recipients: ``{"to_number": "+1...", "metadata": {...}}`` items, 1 to 5,000.
         :param options: ``target_concurrency_limit``, ``ringing_timeout_seconds``,
@@ -432,21 +356,17 @@ class CartesiaHook(BaseHook):
 
     def cancel_call_batch(self, batch_id: str) -> CallBatch:
         """Stop dialing the batch's queued recipients; calls in flight finish. Idempotent."""
-        path = api_path(BATCH_CANCEL, batch_id=batch_id)
-        return self._checked(self._call(CallBatch, "POST", path), batch_id, "call batch", "POST", path)
+        return self._call(CallBatch, "POST", api_path(BATCH_CANCEL, batch_id=batch_id), answer_id=batch_id)
 
     def retry_call_batch(self, batch_id: str) -> CallBatch:
         """Re-queue recipients whose latest attempt failed or went unanswered (not for cancelled batches).
 
-        It dials again, so like a create it is sent once: a resend after a lost answer could re-dial
-        recipients whose new attempt already failed. Without an answer,
-        :class:`~airflow_provider_cartesia.exceptions.CartesiaCreateOutcomeUnknownError` is raised.
+        It dials, so like a create it is sent once (see :meth:`create_call_batch`).
         """
         path = api_path(BATCH_RETRY, batch_id=batch_id)
-        batch = self._call(CallBatch, "POST", path, idempotent=False)
-        return self._checked(batch, batch_id, "call batch", "POST", path)
+        return self._call(CallBatch, "POST", path, idempotent=False, answer_id=batch_id)
 
-    # -- agent calls ---------------------------------------------------------------------------
+    # -- agent calls -------------------------------------------------------------------------------
 
     def list_agent_calls(
         self,
@@ -476,8 +396,7 @@ class CartesiaHook(BaseHook):
 
     def get_agent_call(self, call_id: str) -> AgentCall:
         """One call attempt: status, times, end reason, summary and metadata."""
-        path = api_path(CALL, call_id=call_id)
-        return self._checked(self._call(AgentCall, "GET", path), call_id, "agent call", "GET", path)
+        return self._call(AgentCall, "GET", api_path(CALL, call_id=call_id), answer_id=call_id)
 
     def _paginate(
         self,
@@ -486,7 +405,7 @@ class CartesiaHook(BaseHook):
         params: dict[str, Any],
         page_size: int,
     ) -> Iterator[Any]:
-        if not 1 <= page_size <= MAX_PAGE_SIZE:
+        if not 1 <= page_size <= MAX_PAGE_SIZE:  # checked now, not at the first next()
             raise ValueError(f"page_size must be 1 to {MAX_PAGE_SIZE}, got {page_size}")
 
         def pages() -> Iterator[Any]:
@@ -511,13 +430,11 @@ class CartesiaHook(BaseHook):
 
         return pages()
 
-    # -- Airflow integration -------------------------------------------------------------------
-
     def test_connection(self) -> tuple[bool, str]:
         """One authenticated read; on failure, say what to fix (key, host or version)."""
         try:
             settings = self.settings
-            self._send("GET", BATCHES, params={"limit": 1})
+            self._send(ApiCall.of(settings, "GET", BATCHES, {"limit": 1}))
         except CartesiaAuthError as exc:
             return False, (
                 f"Cartesia refused the API key (HTTP {exc.status_code}). Put a current, non-admin key "
@@ -546,18 +463,6 @@ class CartesiaHookMixin:
         return CartesiaHook(self.cartesia_conn_id)
 
 
-def _urllib3_reason(exc: BaseException) -> BaseException | None:
-    """The urllib3 error behind a requests exception (requests wraps it in a ``MaxRetryError``)."""
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    return reason if isinstance(reason, BaseException) else None
-
-
-def _retry_wait(state: Any) -> float:
-    """Tenacity's wait: the shared :func:`retry_delay` applied to the failure just seen."""
-    error = state.outcome.exception() if state.outcome else None
-    return retry_delay(state.attempt_number - 1, error if isinstance(error, BaseException) else None)
-
-
 def _list_params(agent_id: str | None, limit: int, starting_after: str | None) -> dict[str, Any]:
     if not 1 <= limit <= MAX_PAGE_SIZE:
         raise ValueError(f"limit must be 1 to {MAX_PAGE_SIZE}, got {limit}")
@@ -566,56 +471,44 @@ def _list_params(agent_id: str | None, limit: int, starting_after: str | None) -
     return {"agent_id": agent_id, "limit": limit, "starting_after": starting_after}
 
 
-def _clean_params(params: Mapping[str, Any] | None) -> dict[str, str] | None:
-    if not params:
-        return None
-    return {k: _query_value(v) for k, v in params.items() if v is not None}
+def _requests_failure(call: ApiCall, exc: BaseException) -> CartesiaTransportError:
+    """A requests or urllib3 failure as our error, ``sent=False`` only when the request cannot have left."""
+    import requests  # loaded already when this runs
+    from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
 
-
-def _query_value(value: Any) -> str:
-    if isinstance(value, datetime):
-        return value.isoformat().replace("+00:00", "Z")
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, datetime):
-        if value.tzinfo is None:
-            raise ValueError("datetimes sent to Cartesia must be timezone-aware (RFC 3339 with offset)")
-        return value.isoformat().replace("+00:00", "Z")
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json", exclude_none=True)
-    raise TypeError(f"{type(value).__name__} is not JSON serializable")
-
-
-def _transport_error(
-    settings: ApiSettings,
-    method: str,
-    path: str,
-    exc: BaseException,
-    what: str,
-    *,
-    sent: bool,
-    idempotent: bool,
-) -> CartesiaTransportError:
-    """A transport failure as our error; a create that may have arrived becomes 'outcome unknown'."""
-    cls = CartesiaTransportError if idempotent or not sent else CartesiaCreateOutcomeUnknownError
-    message = f"{what} ({type(exc).__name__}, base URL {settings.base_url})"
-    return cls(message, sent=sent, method=method, path=path, conn_id=settings.conn_id)
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None  # requests wraps urllib3's error
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return call.transport_error(exc, "connect timed out", sent=False)
+    if isinstance(exc, (requests.exceptions.Timeout, ReadTimeoutError)):
+        return call.read_timeout(exc)
+    if isinstance(exc, requests.exceptions.SSLError):
+        # A refused certificate ends the handshake before the request is written; any other TLS error
+        # may come after it was sent (a corrupt record in the answer).
+        if (
+            isinstance(reason, BaseException)
+            and reason.args
+            and isinstance(reason.args[0], ssl.SSLCertVerificationError)
+        ):
+            return call.transport_error(exc, "TLS handshake failed (certificate refused)", sent=False)
+        return call.transport_error(exc, "TLS error (the request may have been sent)", sent=True)
+    if isinstance(exc, requests.exceptions.ConnectionError) and isinstance(
+        reason, (NewConnectionError, NameResolutionError)
+    ):
+        return call.transport_error(exc, "could not connect", sent=False)
+    if isinstance(exc, requests.exceptions.RequestException) and not isinstance(
+        exc, requests.exceptions.ConnectionError
+    ):
+        return call.transport_error(exc, "request failed", sent=True)
+    return call.transport_error(exc, "the connection dropped before a response arrived", sent=True)
 
 
 _NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}
-"""Per-request proxies of requests that override the environment's: loopback never goes through a proxy."""
+"""requests' per-request proxies that override the environment's: loopback never goes through a proxy."""
 
 
 class _BearerAuth:
-    """Sets our ``Authorization`` header as requests' auth, so no ``~/.netrc`` entry can replace it.
-
-    requests consults ``.netrc`` (with ``trust_env``) only when a request has no auth of its own, and a
-    match would overwrite the header with Basic credentials.
-    """
+    """Our ``Authorization`` header as requests' auth: requests reads ``~/.netrc`` only for a request
+    without auth, and a match would replace the header with Basic credentials."""
 
     def __init__(self, value: str) -> None:
         self.value = value
@@ -625,46 +518,11 @@ class _BearerAuth:
         return request
 
 
-def _deadline_passed(settings: ApiSettings) -> str:
-    return (
-        f"no complete answer within the {settings.deadline:g} s deadline (connect plus read timeout); the server "
-        "kept the connection busy without finishing"
-    )
-
-
-def _requests_failure(exc: BaseException, settings: ApiSettings, expired: bool) -> tuple[str, bool]:
-    """``(what happened, whether the request may have been sent)`` for a requests or urllib3 failure."""
-    import requests
-    from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
-
-    if expired:
-        return _deadline_passed(settings), True
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timed out", False
-    if isinstance(exc, (requests.exceptions.Timeout, ReadTimeoutError)):
-        return f"no response within the {settings.read_timeout:g} s read timeout", True
-    if isinstance(exc, requests.exceptions.SSLError):
-        # A refused certificate ends the handshake before the request is written. Any other TLS
-        # error may come after the request was sent (a corrupt record in the answer).
-        reason = _urllib3_reason(exc)
-        if reason and reason.args and isinstance(reason.args[0], ssl.SSLCertVerificationError):
-            return "TLS handshake failed (certificate refused)", False
-        return "TLS error (the request may have been sent)", True
-    if isinstance(exc, requests.exceptions.ConnectionError):
-        if isinstance(_urllib3_reason(exc), (NewConnectionError, NameResolutionError)):
-            return "could not connect", False
-        return "the connection dropped before a response arrived", True
-    if isinstance(exc, requests.exceptions.RequestException):
-        return "request failed", True
-    return "the connection dropped before a response arrived", True
-
-
 class _Deadline:
-    """An overall deadline for one sync request: the read timeout bounds each socket read, not the answer.
+    """An overall deadline for one sync request (a server trickling bytes never trips a read timeout).
 
-    A server trickling a byte at a time never trips a read timeout. When the deadline passes, a timer
-    shuts the request's socket down, which ends the blocked read at once; the connections are the ones
-    this thread sends a request on while the deadline is active (see :func:`_make_deadline_adapter`).
+    When it passes, a timer shuts down the sockets this thread sent a request on while it was active,
+    which ends the blocked read at once (see :func:`_make_deadline_adapter`).
     """
 
     _active = threading.local()
@@ -711,7 +569,7 @@ class _Deadline:
 
 def _make_deadline_adapter() -> Any:
     """requests' adapter whose pools (direct or through a proxy) register connections with :class:`_Deadline`."""
-    from requests.adapters import HTTPAdapter
+    from requests.adapters import HTTPAdapter  # with the session: not at DAG parse time
     from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
     def watched(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
@@ -738,62 +596,28 @@ def _make_deadline_adapter() -> Any:
     return DeadlineAdapter()
 
 
-class _AsyncPools:
-    """The httpx clients of one event loop: several small pools, each request on the least busy one.
+@functools.cache
+def _ssl_context() -> ssl.SSLContext:
+    """The CA bundle (``SSL_CERT_FILE`` and friends honoured), read once per process."""
+    import httpx
 
-    Not one big pool: httpcore 1.0 does O(connections²) work in a pool on every request, queues
-    expensively, and closes idle connections whenever the pool holds more than
-    ``max_keepalive_connections``. One pool of 200 managed about 60 polls/s for 1,000 triggers against
-    a 100 ms API (benchmarks/bench_trigger.py). Here a request beyond the connections available waits
-    on a semaphore (cheap), then takes the pool with the fewest requests in flight, lowest first, so a
-    quiet triggerer keeps only a connection or two warm.
-    """
-
-    def __init__(self, direct: bool = False) -> None:
-        self.direct = direct
-        self.clients: list[httpx.AsyncClient | None] = [None] * ASYNC_POOLS
-        self.in_flight = [0] * ASYNC_POOLS
-        self.slots = asyncio.Semaphore(ASYNC_POOLS * ASYNC_POOL_CONNECTIONS)
-        self._ssl_context: Any = None
-
-    def _client(self, index: int) -> httpx.AsyncClient:
-        import httpx
-
-        client = self.clients[index]
-        if client is None or client.is_closed:
-            if self._ssl_context is None:
-                self._ssl_context = httpx.create_ssl_context(trust_env=True)  # the CA bundle, read once
-            limits = httpx.Limits(
-                max_connections=ASYNC_POOL_CONNECTIONS, max_keepalive_connections=ASYNC_POOL_CONNECTIONS
-            )
-            # trust_env: HTTPS_PROXY and friends, except for loopback (direct), which never uses a proxy.
-            client = httpx.AsyncClient(
-                limits=limits, verify=self._ssl_context, follow_redirects=False, trust_env=not self.direct
-            )
-            self.clients[index] = client
-        return client
-
-    @contextlib.asynccontextmanager
-    async def lease(self) -> AsyncIterator[httpx.AsyncClient]:
-        """A client with a free connection, for one request."""
-        async with self.slots:
-            index = self.in_flight.index(min(self.in_flight))
-            self.in_flight[index] += 1
-            try:
-                yield self._client(index)
-            finally:
-                self.in_flight[index] -= 1
+    return httpx.create_ssl_context(trust_env=True)
 
 
-def _async_pools(direct: bool = False) -> _AsyncPools:
-    """The pools shared by every hook running on the current event loop (``direct``: for loopback, no proxy)."""
+def _async_client(direct: bool) -> httpx.AsyncClient:
+    """The current event loop's next httpx client (``direct``: for loopback, never through a proxy)."""
+    import httpx
+
     loop = asyncio.get_running_loop()
-    pools = _ASYNC_POOLS.get(loop)
-    if pools is None:
-        # The pools hold their loop (connections, semaphore), so a closed loop's entry is dropped here.
-        for closed in [other for other in _ASYNC_POOLS if other.is_closed()]:
-            del _ASYNC_POOLS[closed]
-        pools = _ASYNC_POOLS[loop] = {}
-    if direct not in pools:
-        pools[direct] = _AsyncPools(direct)
-    return pools[direct]
+    if loop not in _ASYNC_CLIENTS:
+        for closed in [other for other in _ASYNC_CLIENTS if other.is_closed()]:
+            del _ASYNC_CLIENTS[closed]  # their connections died with it
+    clients = _ASYNC_CLIENTS.setdefault(loop, {}).setdefault(direct, {})
+    turn = next(_turns) % ASYNC_CLIENTS
+    if turn not in clients or clients[turn].is_closed:
+        limits = httpx.Limits(
+            max_connections=ASYNC_CLIENT_CONNECTIONS, max_keepalive_connections=ASYNC_CLIENT_CONNECTIONS
+        )
+        client = httpx.AsyncClient(limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct)
+        clients[turn] = client
+    return clients[turn]

@@ -7,7 +7,6 @@ Both funnels of the hook (requests in tasks, httpx in triggers) build their requ
 
 from __future__ import annotations
 
-import contextlib
 import email.utils
 import ipaddress
 import json
@@ -572,6 +571,3 @@ def parse_model(model: type[ModelT], content: bytes, method: str, path: str, con
         else:
             what = f"the body does not fit {model.__name__}: {'; '.join(problems)}{more}"
         raise CartesiaResponseError(what, method=method, path=path, conn_id=conn_id) from None
-
-
-cyclic_gc_paused = contextlib.nullcontext  # no longer pauses the GC; delete once transfers stops importing it

@@ -140,15 +140,30 @@ class CartesiaHook(BaseHook):
 
     # -- the request funnel ----------------------------------------------------------------------
 
-    def _retry_delay(self, call: ApiCall, error: CartesiaError, retries_taken: int) -> float:
-        """Seconds to wait before sending ``call`` again; raises ``error`` when it may not be resent."""
-        if retries_taken >= call.settings.max_retries or not should_retry(error, idempotent=call.idempotent):
-            raise error
-        delay = retry_delay(retries_taken, error)
-        self.log.warning(
-            "Retrying in %.1f s (retry %d of %d): %s", delay, retries_taken + 1, call.settings.max_retries, error
-        )
-        return delay
+    def _retry_policy(self, call: ApiCall) -> dict[str, Any]:
+        """Tenacity's arguments for ``call``, shared by both funnels: ``api.should_retry`` decides, ``api.retry_delay``
+        waits, the connection bounds the retries."""
+        from tenacity import retry_if_exception, stop_after_attempt  # only when a request is sent
+
+        def wait(state: Any) -> float:
+            return retry_delay(state.attempt_number - 1, state.outcome.exception())
+
+        def log(state: Any) -> None:
+            self.log.warning(
+                "Retrying in %.1f s (retry %d of %d): %s",
+                state.next_action.sleep,
+                state.attempt_number,
+                call.settings.max_retries,
+                state.outcome.exception(),
+            )
+
+        return {
+            "stop": stop_after_attempt(call.settings.max_retries + 1),
+            "retry": retry_if_exception(lambda exc: should_retry(exc, idempotent=call.idempotent)),
+            "wait": wait,
+            "before_sleep": log,
+            "reraise": True,
+        }
 
     def _result(self, reader: BodyReader, started: float) -> bytes:
         call = reader.call
@@ -158,13 +173,12 @@ class CartesiaHook(BaseHook):
         return reader.result()
 
     def _send(self, call: ApiCall) -> bytes:
-        retries_taken = 0
-        while True:
-            try:
+        from tenacity import Retrying
+
+        for attempt in Retrying(sleep=self._sleep, **self._retry_policy(call)):
+            with attempt:
                 return self._send_once(call)
-            except CartesiaError as exc:  # _retry_delay raises it again when it may not be resent
-                self._sleep(self._retry_delay(call, exc, retries_taken))
-                retries_taken += 1
+        raise AssertionError("unreachable: tenacity returns or re-raises")  # pragma: no cover
 
     def _send_once(self, call: ApiCall) -> bytes:
         import requests  # with the session above
@@ -201,13 +215,12 @@ class CartesiaHook(BaseHook):
 
     async def _asend(self, call: ApiCall) -> bytes:
         """Async twin of :meth:`_send` on httpx, with the same decisions."""
-        retries_taken = 0
-        while True:
-            try:
+        from tenacity import AsyncRetrying
+
+        async for attempt in AsyncRetrying(sleep=self._asleep, **self._retry_policy(call)):
+            with attempt:
                 return await self._asend_once(call)
-            except CartesiaError as exc:  # _retry_delay raises it again when it may not be resent
-                await self._asleep(self._retry_delay(call, exc, retries_taken))
-                retries_taken += 1
+        raise AssertionError("unreachable: tenacity returns or re-raises")  # pragma: no cover
 
     async def _asend_once(self, call: ApiCall) -> bytes:
         import httpx  # imported by airflow already; here for the exception classes

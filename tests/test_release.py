@@ -172,6 +172,7 @@ def test_every_public_class_imports_from_the_installed_wheel(
 
 _NOT_USER_FACING = {
     ("AttributeError", "has no attribute"),  # the package's lazy __getattr__, as any module's
+    ("AssertionError", "unreachable: tenacity returns or re-raises"),  # a guard for the type checker
 }
 
 

@@ -12,28 +12,20 @@ import json
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator
 
 from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipException, conf
+from airflow_provider_cartesia.exceptions import is_permanent
+from airflow_provider_cartesia.hooks.cartesia import CartesiaHookMixin
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
-from airflow_provider_cartesia.models import WaitFor
-from airflow_provider_cartesia.waiting import (
-    DEFAULT_FAILURE_STATUSES,
-    DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_SUCCESS_STATUSES,
-    CallBatchWaitMixin,
-    WaitCriteria,
-    is_fatal,
-)
+from airflow_provider_cartesia.sensors.call_batch import WAITING_BATCH_ID_XCOM_KEY, CallBatchWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.idempotency import PartsPlan
     from airflow_provider_cartesia.models import CallBatch
 
@@ -158,16 +150,14 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     returned other rows), the earlier try's batches are adopted when complete, and the task fails
     rather than mixing two lists when they are not.
 
-    **Returns** the batch id, or the list of ids when split. XCom ``cartesia_batch_ids`` always holds
-    the list (pushed as soon as it is known, before any wait); ``cartesia_batch_id`` the first id, or
-    while waiting the part being waited for (the "Cartesia call batch" link points at it).
+    **Returns** the batch id, or the list of ids when split. XCom ``cartesia_batch_ids`` holds the
+    list and ``cartesia_batch_id`` the first id (pushed before any wait).
 
     **wait_for_completion=True** then waits exactly as
-    :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (the same shared code:
-    in this worker every ``poke_interval`` seconds, or deferred to the same
-    :class:`~airflow_provider_cartesia.triggers.call_batch.CallBatchTrigger`; same success and failure
-    rules and errors), for each part in turn within one ``timeout``. The return value stays the id(s);
-    the summary (counts only) is pushed under XCom ``cartesia_batch_summary`` (a list when split).
+    :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (same code, rules and
+    errors; in this worker or deferred), for each part in turn within one ``timeout``; the link
+    points at the part being waited for. The summary (counts only) is pushed under XCom
+    ``cartesia_batch_summary`` (a list when split).
 
     :param name: the batch's label (templated); the tag is appended.
     :param agent_id: the agent that handles the calls (templated).
@@ -231,15 +221,10 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         region: str | None = None,
         allow_duplicate_numbers: bool = False,
         skip_if_no_recipients: bool = False,
-        cartesia_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
         timeout: float | timedelta = DEFAULT_WAIT_TIMEOUT,
-        wait_for: WaitFor = "finished",
-        success_statuses: Collection[str] = DEFAULT_SUCCESS_STATUSES,
-        failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
-        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         cancel_on_kill: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -276,12 +261,10 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         self.region = region
         self.allow_duplicate_numbers = allow_duplicate_numbers
         self.skip_if_no_recipients = skip_if_no_recipients
-        self.cartesia_conn_id = cartesia_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poke_interval = _seconds("poke_interval", poke_interval)
         self.timeout = _seconds("timeout", timeout)
-        self.wait_criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses, max_consecutive_failures)
         self.cancel_on_kill = cancel_on_kill
         self._sleep = time.sleep
         self._batch_ids: list[str] = []
@@ -355,7 +338,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
 
         ids = [batches[p].id for p in range(1, plan.parts + 1)]
         ti.xcom_push(key=CALL_BATCH_IDS_XCOM_KEY, value=ids)
-        CallBatchLink.persist(context, ids[0])
+        self.publish_batch(context, ids[0])
         if self.wait_for_completion:
             return self._wait(context, ids, 0, [])
         return ids[0] if len(ids) == 1 else ids
@@ -490,7 +473,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             if refused is not None:
                 number = mask_number(recipients[refused]["to_number"])
                 _fail(f"Cartesia refused recipient #{first + refused} ({number}) of call batch {name!r}: {exc}", exc)
-            if is_fatal(exc):
+            if is_permanent(exc):
                 _fail(f"Cartesia refused to create call batch {name!r}: {exc}", exc)
             raise
         self.log.info("Created call batch %s (%r)", batch.id, name)
@@ -540,25 +523,18 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         return (started.timestamp() if isinstance(started, datetime) else time.time()) + self.timeout
 
     def _wait(self, context: Context, ids: list[str], start: int, summaries: list[dict[str, Any]]) -> str | list[str]:
-        """Wait for ``ids[start:]`` one after the other, as the sensor waits, within one deadline.
-
-        The part being waited for is the one published for the extra link (the shared
-        ``execute_complete`` finds it there); the summaries of the parts settled so far are in XCom,
-        so that a deferred wait resumes where it was.
-        """
+        """Wait for ``ids[start:]`` in turn within one deadline; XCom says where a deferred wait resumes."""
         ti = context["ti"]
         deadline = self._wait_deadline(context)
         for position in range(start, len(ids)):
-            CallBatchLink.persist(context, ids[position])
+            self.publish_batch(context, ids[position], WAITING_BATCH_ID_XCOM_KEY)
             if summaries:  # the parts settled so far, for a deferred wait to resume from
                 ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries)
             remaining = max(deadline - time.time(), 0.0)
             if self.deferrable:
                 summary = self.poke_then_defer(ids[position], poll_interval=self.poke_interval, timeout=remaining)
             else:
-                summary = self.wait_in_worker(
-                    ids[position], poll_interval=self.poke_interval, timeout=remaining, sleep=self._sleep
-                )
+                summary = self.wait_in_worker(ids[position], poll_interval=self.poke_interval, timeout=remaining)
             summaries = [*summaries, summary]
         ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries[0] if len(ids) == 1 else summaries)
         return ids[0] if len(ids) == 1 else ids
@@ -599,7 +575,7 @@ CANCELLED_XCOM_KEY = "cartesia_cancelled"
 """XCom key under which a partly failed cancel of several batches publishes the summaries of those it cancelled."""
 
 
-class CancelCallBatchOperator(BaseOperator):
+class CancelCallBatchOperator(CartesiaHookMixin, BaseOperator):
     """Stop dialing a call batch's queued recipients; calls in flight finish. Idempotent.
 
     A batch that is already over (``completed``, ``failed`` or ``cancelled``) is left alone and the task
@@ -623,12 +599,6 @@ class CancelCallBatchOperator(BaseOperator):
         self.batch_id = batch_id
         self.cartesia_conn_id = cartesia_conn_id
 
-    @cached_property
-    def hook(self) -> CartesiaHook:
-        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-
-        return CartesiaHook(self.cartesia_conn_id)
-
     def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
         from airflow_provider_cartesia.exceptions import CartesiaError, is_permanent
 
@@ -636,6 +606,7 @@ class CancelCallBatchOperator(BaseOperator):
         if not ids or not all(isinstance(i, str) for i in ids):
             _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
         context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
+        CallBatchLink.persist(context, self.hook, ids[0])
         summaries: list[dict[str, Any]] = []
         failures: dict[str, CartesiaError] = {}
         for batch_id in ids:

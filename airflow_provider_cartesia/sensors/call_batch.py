@@ -227,7 +227,7 @@ class CallBatchSensor(CallBatchWaitMixin, BaseSensorOperator):
         except AirflowRescheduleException as exc:
             # Not polled before shortly ahead of a future scheduled_at: reschedule later than Airflow would.
             pause = self._scheduled_pause()
-            later = datetime.now(timezone.utc) + timedelta(seconds=pause or 0)
+            later = datetime.fromtimestamp(time.time() + (pause or 0), timezone.utc)
             if pause is None or later <= exc.reschedule_date:
                 raise
             raise AirflowRescheduleException(later) from None

@@ -1,18 +1,14 @@
-"""Typed views of Cartesia's call-batch and agent-call objects, and the statuses that drive waiting.
+"""Typed views of Cartesia's call-batch and agent-call objects.
 
 Field names are the API's. Every field but ``id`` is optional and unknown fields are kept
-(``extra="allow"``): Cartesia adds fields and enum values within an API version, and a newer
-value must parse, not break a running DAG. Statuses are therefore plain strings; the constants
-and :func:`classify_batch` below are the one place that gives them meaning.
-
-Phone numbers, metadata, transcripts and summaries are left out of ``repr()`` so that a model
-logged by accident does not leak personal data.
+(``extra="allow"``): Cartesia adds fields and enum values within an API version, so statuses are
+plain strings (:class:`~airflow_provider_cartesia.waiting.WaitCriteria` gives them meaning).
+Personal data (numbers, metadata, transcripts, summaries) is left out of ``repr()``.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Collection
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -32,36 +28,10 @@ class BatchStatus:
     TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
 
 
-class RecipientStatus:
-    """Values of ``CallBatchRecipient.status``: the queue state, then the latest call attempt."""
-
-    QUEUED = "queued"
-    DISPATCHED = "dispatched"
-    STARTED = "started"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    KNOWN = frozenset({QUEUED, DISPATCHED, STARTED, COMPLETED, FAILED, CANCELLED})
-    TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-
-class CallStatus:
-    """Values of ``AgentCall.status``. The SDK also uses ``active`` and ``cancelled``."""
-
-    CREATED = "created"
-    STARTED = "started"
-    ACTIVE = "active"
-    COMPLETED = "completed"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    TERMINAL = frozenset({COMPLETED, FAILED, CANCELLED})
-
-
 MAX_RECIPIENTS_PER_BATCH = 5000
 """Most recipients one call batch takes (the API refuses more; older API versions took 1,000)."""
 
 WaitFor = Literal["finished", "dispatched"]
-BatchOutcome = Literal["waiting", "success", "failure"]
 
 
 def utc(value: datetime) -> datetime:
@@ -107,7 +77,7 @@ class CallBatchRecipient(CartesiaModel):
     """Destination number in E.164 form. Personal data: never logged."""
     status: str | None = None
     """``queued``, ``dispatched``, ``started``, ``completed``, ``failed`` or ``cancelled`` (open set)."""
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
     """When the recipient was queued."""
     agent_call_id: str | None = None
     """Id of the latest call attempt, set once dispatched."""
@@ -117,11 +87,6 @@ class CallBatchRecipient(CartesiaModel):
     """Why the recipient failed before a call could be placed."""
     metadata: dict[str, Any] | None = Field(default=None, repr=False)
     """Metadata sent with the recipient at creation. Personal data: never logged."""
-
-    @property
-    def is_finished(self) -> bool:
-        """Whether the recipient's latest attempt reached a terminal status."""
-        return self.status in RecipientStatus.TERMINAL
 
 
 class CallBatch(CartesiaModel):
@@ -149,13 +114,13 @@ class CallBatch(CartesiaModel):
     """Recipients whose latest attempt is terminal, pre-dial failures included."""
     retry_count: int = 0
     """Times the batch was retried."""
-    created_at: datetime | None = None
+    created_at: UtcDatetime | None = None
     """When the batch was created."""
-    last_updated_at: datetime | None = None
+    last_updated_at: UtcDatetime | None = None
     """When the batch last changed."""
-    scheduled_at: datetime | None = None
+    scheduled_at: UtcDatetime | None = None
     """When dispatch is scheduled to start; absent for immediate batches."""
-    admitted_at: datetime | None = None
+    admitted_at: UtcDatetime | None = None
     """When dispatch actually started."""
     recipients: list[CallBatchRecipient] | None = Field(default=None, repr=False)
     """Every recipient, on ``GET /agents/calls/batches/{id}`` only."""
@@ -229,11 +194,11 @@ class AgentCall(CartesiaModel):
     agent_name: str | None = None
     status: str | None = None
     """``created``, ``started``, ``completed`` or ``failed`` (open set; the SDK also says ``active``)."""
-    start_time: datetime | None = None
-    end_time: datetime | None = None
+    start_time: UtcDatetime | None = None
+    end_time: UtcDatetime | None = None
     end_reason: str | None = None
     error_message: str | None = None
-    redacted_at: datetime | None = None
+    redacted_at: UtcDatetime | None = None
     telephony_account_type: str | None = None
     summary: str | None = Field(default=None, repr=False)
     """Cartesia's summary of the conversation. Personal data: never logged."""
@@ -266,24 +231,3 @@ class AgentCallPage(CartesiaModel):
     data: list[AgentCall]
     has_more: bool = False
     next_page: str | None = None
-
-
-def classify_batch(
-    batch: CallBatch,
-    *,
-    wait_for: WaitFor = "finished",
-    success_statuses: Collection[str] = (BatchStatus.COMPLETED,),
-    failure_statuses: Collection[str] = (BatchStatus.FAILED, BatchStatus.CANCELLED),
-) -> BatchOutcome:
-    """Whether a wait on ``batch`` is over, and how: the one decision the sensor, trigger and operators share.
-
-    ``wait_for="finished"`` also waits until every dispatched call has ended, because the API calls a
-    batch ``completed`` as soon as the last recipient is *dispatched*. A status that is neither a
-    success nor a failure (an unknown, newer one included) keeps the wait going.
-    """
-    status = batch.status or ""
-    if status not in success_statuses and status not in failure_statuses:
-        return "waiting"
-    if wait_for == "finished" and not batch.all_dispatched_calls_finished:
-        return "waiting"
-    return "success" if status in success_statuses else "failure"

@@ -1,16 +1,9 @@
 """Reading a batch's progress from the batch list: counters only, and one request for many waits.
 
-``GET /agents/calls/batches/{id}`` answers with every recipient (844 KB for 5,000 of them); the list
-``GET /agents/calls/batches?agent_id=...`` shows the same batch without recipients (about 450 bytes),
-newest first, up to 100 per page: status and ``total_calls_*`` are all that "settled?" needs. A wait
-reads its counters from the list and does one full GET only when they say the wait is over (or the
-list does not show the batch): that GET stays the authoritative end and gives the summary.
-
-- :class:`ListScan`: the pure page walk, shared by the sync hook (sensor pokes) and the async poller.
-- :class:`BatchListPoller`: in the triggerer, every wait of one event loop on one (connection,
-  agent) shares one poller, so 1,000 waits cost one walk of the agent's list per interval instead of
-  1,000 GETs. Airflow shares nothing between deferral triggers (only event triggers get shared
-  streams), hence this small piece of our own. See docs/waiting.md.
+A GET of a batch carries every recipient (844 KB for 5,000); the list shows it in about 450 bytes.
+A wait reads the list's counters and does one GET only to confirm an end (see docs/waiting.md):
+:class:`ListScan` is the pure page walk (sync hook and async poller), :class:`BatchListPoller`
+lets every deferred wait of one event loop on one (connection, agent) share one walk per interval.
 """
 
 from __future__ import annotations
@@ -21,13 +14,12 @@ import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from airflow_provider_cartesia.models import CallBatch
+from airflow_provider_cartesia.models import CallBatch, CallBatchPage
 
-if TYPE_CHECKING:
-    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-    from airflow_provider_cartesia.models import CallBatchPage
+PageFetch = Callable[[str, int, "str | None"], Awaitable[CallBatchPage]]
+"""``(agent_id, limit, starting_after) -> page``: the async hook's ``alist_call_batch_page``."""
 
 LIST_PAGE_SIZE = 100
 """Batches per list page in the triggerer's shared walk (the API's maximum)."""
@@ -87,25 +79,24 @@ class _Read:
 class BatchListPoller:
     """The shared list walk of one (connection, agent) on one event loop.
 
-    A wait :meth:`join` s with its interval, then calls :meth:`read` whenever it is due: reads that
-    arrive within one interval are answered by one walk (a *round*), so waits with the same interval
-    fall into step after their first round. Rounds are at least the shortest joined interval apart
-    (doubled after each failed round, up to :data:`MAX_BACKOFF_FACTOR` times), except for an
-    ``urgent`` read (a wait at its deadline). A failed walk raises its error in every read it
-    served: each wait counts it once against its own budget. The poller's task ends when the last
-    wait leaves, or with its event loop.
+    Reads that arrive within one interval are answered by one walk (a *round*); rounds are at least
+    the shortest joined interval apart (doubled after failed rounds, up to :data:`MAX_BACKOFF_FACTOR`),
+    except for an ``urgent`` read (a wait at its deadline). A failed walk raises in every read it
+    served. The poller's task ends when the last wait leaves, or with its event loop.
     """
 
     def __init__(
         self,
-        hook: CartesiaHook,
+        fetch_page: PageFetch,
+        key: Any,
         agent_id: str,
         now: Callable[[], float],
         sleep: Callable[[float], Awaitable[None]],
         page_size: int = LIST_PAGE_SIZE,
         max_pages: int = MAX_LIST_PAGES,
     ) -> None:
-        self.hook = hook
+        self.fetch_page = fetch_page
+        self.key = key
         self.agent_id = agent_id
         self.now = now
         self.sleep = sleep
@@ -197,7 +188,7 @@ class BatchListPoller:
         try:
             while True:
                 self.requests += 1
-                page = await self.hook.alist_call_batch_page(self.agent_id, self.page_size, scan.cursor)
+                page = await self.fetch_page(self.agent_id, self.page_size, scan.cursor)
                 if not scan.add(page):
                     break
         except Exception as exc:  # a CartesiaError after the hook's retries, or a bug: every read sees it
@@ -212,26 +203,25 @@ class BatchListPoller:
                 read.answer.set_result((scan.found.get(read.batch_id), started))
 
 
-_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, str], BatchListPoller]] = (
-    weakref.WeakKeyDictionary()
-)
+_POLLERS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, BatchListPoller]] = weakref.WeakKeyDictionary()
 
 
 def poller_for(
-    hook: CartesiaHook,
+    fetch_page: PageFetch,
+    conn_key: str,
     agent_id: str,
     now: Callable[[], float],
     sleep: Callable[[float], Awaitable[None]],
 ) -> BatchListPoller:
-    """The poller of this event loop for (``hook``'s connection, ``agent_id``); made on first use."""
+    """The poller of this event loop for (``conn_key``, ``agent_id``); made on first use."""
     loop = asyncio.get_running_loop()
     for closed in [other for other in _POLLERS if other.is_closed()]:
         del _POLLERS[closed]
     pollers = _POLLERS.setdefault(loop, {})
-    key = (hook.cartesia_conn_id, agent_id)
+    key = (conn_key, agent_id)
     poller = pollers.get(key)
     if poller is None:
-        poller = pollers[key] = BatchListPoller(hook, agent_id, now, sleep)
+        poller = pollers[key] = BatchListPoller(fetch_page, key, agent_id, now, sleep)
     return poller
 
 
@@ -244,6 +234,5 @@ def _forget(poller: BatchListPoller, closing: bool) -> None:
     """Drop an idle poller (or any poller of a closing loop) from the registry."""
     with contextlib.suppress(RuntimeError):
         pollers = _POLLERS.get(asyncio.get_running_loop(), {})
-        key = (poller.hook.cartesia_conn_id, poller.agent_id)
-        if pollers.get(key) is poller and (closing or not poller.intervals):
-            del pollers[key]
+        if pollers.get(poller.key) is poller and (closing or not poller.intervals):
+            del pollers[poller.key]

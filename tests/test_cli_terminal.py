@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from airflow_provider_cartesia.models import classify_batch
 from airflow_provider_cartesia.terminal import main, rate_and_eta
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
 from airflow_provider_cartesia.testing.scenarios import SCENARIOS
+from airflow_provider_cartesia.waiting import WaitCriteria
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -113,7 +113,7 @@ def test_watch_follows_the_batch_until_settled_by_the_sensors_rule(
     settled_at = cartesia_simulator.batch_times(batch_id).all_finished_at
     assert settled_at is not None
     assert cartesia_simulator.clock.now() - settled_at < timedelta(seconds=30)
-    assert classify_batch(cartesia_simulator_batch(cartesia_simulator, batch_id)) == "success"
+    assert WaitCriteria().classify(cartesia_simulator_batch(cartesia_simulator, batch_id)) == "success"
     assert "status: pending -> in_progress" in text and "status: in_progress -> completed" in text
     assert "30/30 finished, 30 dispatched" in text and "calls/min" in text
     assert f"Call batch {batch_id} completed: 30 of 30 calls finished" in text

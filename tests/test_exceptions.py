@@ -171,11 +171,14 @@ def _status(status: int, header: bool | None = None) -> CartesiaAPIError:
 )
 def test_one_classification_of_permanent_and_transient(error: CartesiaError, permanent: bool):
     """The single answer read by the hook's retries, the wait's budget, the export and the cancel operator."""
-    from airflow_provider_cartesia.waiting import is_fatal
+    import logging
+
+    from airflow_provider_cartesia.waiting import BatchWatch, WaitCriteria
 
     assert is_permanent(error) is permanent
     assert is_transient(error) is not permanent
-    assert is_fatal(error) is permanent, "the wait's failure budget asks the same question"
+    verdict = BatchWatch("acb_1", WaitCriteria(), logging.getLogger(__name__)).failed(error)
+    assert (verdict.outcome == "error") is permanent, "the wait's failure budget asks the same question"
     if not isinstance(error, (CartesiaTransportError, CartesiaWarehouseError, CartesiaConfigError)):
         assert should_retry(error) is not permanent, "the hook retries exactly the transient ones"
 

@@ -1,4 +1,4 @@
-"""CallBatchLink: the URL it builds, and the link the worker stores for any operator that publishes a batch id."""
+"""CallBatchLink: the URL it builds, stored at execute time, and the link the worker reads back from XCom."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from airflow.sdk import DAG, BaseOperator
 
 from airflow_provider_cartesia.exceptions import CartesiaInvalidIdError
 from airflow_provider_cartesia.get_provider_info import get_provider_info
-from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink, call_batch_url
+from airflow_provider_cartesia.hooks.cartesia import CartesiaHookMixin
+from airflow_provider_cartesia.links import CALL_BATCH_URL_XCOM_KEY, CallBatchLink, call_batch_url
 from airflow_provider_cartesia.testing import CartesiaSimulator
 from airflow_provider_cartesia.testing.dag_test import run_dag_test
 from tests.helpers import cartesia_connection_json
@@ -34,8 +35,8 @@ def test_the_link_is_registered_under_its_name() -> None:
     assert "airflow_provider_cartesia.links.CallBatchLink" in get_provider_info()["extra-links"]
 
 
-class PublishesBatch(BaseOperator):
-    """Any operator can carry the link: publish the batch id, name the connection."""
+class PublishesBatch(CartesiaHookMixin, BaseOperator):
+    """Any operator can carry the link: persist the batch's URL while it runs."""
 
     operator_extra_links = (CallBatchLink(),)
 
@@ -46,7 +47,7 @@ class PublishesBatch(BaseOperator):
 
     def execute(self, context: Any) -> None:
         if self.batch_id is not None:
-            CallBatchLink.persist(context, self.batch_id)
+            CallBatchLink.persist(context, self.hook, self.batch_id)
 
 
 @pytest.mark.dagtest
@@ -69,8 +70,22 @@ def test_the_worker_stores_the_link_from_the_connections_dashboard_url(
     def link(task_id: str) -> Any:
         return tis[task_id].xcom_pull(task_ids=task_id, key="_link_CallBatchLink")
 
-    assert tis["with_dashboard"].xcom_pull(task_ids="with_dashboard", key=CALL_BATCH_ID_XCOM_KEY) == "acb_123"
-    assert link("with_dashboard") == "https://dash.example.com/agents/calls/batches/acb_123"
+    url = "https://dash.example.com/agents/calls/batches/acb_123"
+    assert tis["with_dashboard"].xcom_pull(task_ids="with_dashboard", key=CALL_BATCH_URL_XCOM_KEY) == url
+    assert link("with_dashboard") == url
     assert link("no_batch_yet") == ""
-    assert link("unusable_connection") == ""  # no exception in the worker's finalize, just no link
+    assert link("unusable_connection") == ""  # one log line at execute time, no URL, no link
     assert cartesia_simulator.requests == []  # building a link never calls the API
+
+
+def test_get_link_only_reads_the_stored_url(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No hook and no connection lookup in the API server: the link is whatever the task stored."""
+    from airflow.sdk.execution_time import xcom
+
+    stored = {CALL_BATCH_URL_XCOM_KEY: "https://dash.example.com/agents/calls/batches/acb_9"}
+    monkeypatch.setattr(xcom.XCom, "get_value", staticmethod(lambda *, ti_key, key: stored.get(key)))
+    operator = PublishesBatch(task_id="t", batch_id=None, cartesia_conn_id="no_such_connection")
+    assert CallBatchLink().get_link(operator, ti_key=None) == stored[CALL_BATCH_URL_XCOM_KEY]  # type: ignore[arg-type]
+    assert "hook" not in operator.__dict__
+    stored.clear()
+    assert CallBatchLink().get_link(operator, ti_key=None) == ""  # type: ignore[arg-type]

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timezone
+
 import pytest
 
-from airflow_provider_cartesia.models import AgentCall, BatchStatus, CallBatch, classify_batch
+from airflow_provider_cartesia.models import AgentCall, BatchStatus, CallBatch
 
 
 def batch(status: str, scheduled: int = 10, dispatched: int = 10, finished: int = 10, **extra: object) -> CallBatch:
@@ -15,33 +17,6 @@ def batch(status: str, scheduled: int = 10, dispatched: int = 10, finished: int 
         total_calls_dispatched=dispatched,
         total_calls_finished=finished,
         **extra,
-    )
-
-
-@pytest.mark.parametrize(
-    ("status", "dispatched", "finished", "wait_for", "expected"),
-    [
-        ("pending", 0, 0, "finished", "waiting"),
-        ("in_progress", 5, 2, "finished", "waiting"),
-        ("completed", 10, 7, "finished", "waiting"),  # every call dispatched, three still talking
-        ("completed", 10, 7, "dispatched", "success"),
-        ("completed", 10, 10, "finished", "success"),
-        ("failed", 10, 10, "finished", "failure"),
-        ("cancelled", 4, 3, "finished", "waiting"),  # calls in flight finish even after a cancel
-        ("cancelled", 4, 4, "finished", "failure"),
-        ("cancelled", 4, 3, "dispatched", "failure"),
-        ("paused_by_carrier", 10, 10, "finished", "waiting"),  # an unknown status keeps the wait going
-    ],
-)
-def test_classify_batch(status: str, dispatched: int, finished: int, wait_for: str, expected: str):
-    assert classify_batch(batch(status, dispatched=dispatched, finished=finished), wait_for=wait_for) == expected  # type: ignore[arg-type]
-
-
-def test_classify_batch_with_custom_outcomes():
-    cancelled = batch("cancelled", dispatched=4, finished=4)
-    assert (
-        classify_batch(cancelled, success_statuses=("completed", "cancelled"), failure_statuses=("failed",))
-        == "success"
     )
 
 
@@ -94,4 +69,19 @@ def test_call_duration_is_derived():
         {"id": "ac_1", "start_time": "2026-06-01T10:00:00Z", "end_time": "2026-06-01T10:01:30.5Z", "status": "active"}
     )
     assert call.duration_seconds == 90.5
+    assert call.start_time is not None and call.start_time.tzinfo is timezone.utc
     assert AgentCall(id="ac_2").duration_seconds is None
+
+
+def test_datetimes_are_aware_utc_and_a_recipient_without_status_counts_as_unknown():
+    b = CallBatch.model_validate(
+        {
+            "id": "acb_1",
+            "created_at": "2026-06-01T12:00:00+02:00",
+            "scheduled_at": "2026-06-01T12:00:00",
+            "recipients": [{"id": "r1"}],
+        }
+    )
+    assert b.created_at is not None and b.created_at.isoformat() == "2026-06-01T10:00:00+00:00"
+    assert b.scheduled_at is not None and b.scheduled_at.isoformat() == "2026-06-01T12:00:00+00:00"
+    assert b.recipient_status_counts() == {"unknown": 1}

@@ -151,7 +151,11 @@ def test_creates_one_tagged_batch_and_returns_its_id(
     ]
     assert [(r.method, r.path) for r in sim.requests] == [("GET", BATCHES), ("POST", BATCHES)]
     assert sim.requests[0].query == {"agent_id": AGENT, "limit": "100"}
-    assert ti.xcom == {"cartesia_batch_ids": [batch_id], "cartesia_batch_id": batch_id}
+    assert ti.xcom == {
+        "cartesia_batch_ids": [batch_id],
+        "cartesia_batch_id": batch_id,
+        "cartesia_batch_url": f"https://play.cartesia.ai/agents/calls/batches/{batch_id}",
+    }
     _no_personal_data(batch_id, ti.xcom)
 
 
@@ -505,7 +509,10 @@ def test_5001_recipients_become_two_named_batches_and_a_retry_creates_only_the_m
 
     assert isinstance(ids, list) and ids[0] == part1 and sim.batch_ids() == ids
     assert [sim.batch(i)["name"] for i in ids] == [_name(ti, recipients, 1, 2), _name(ti, recipients, 2, 2)]
-    assert retry.xcom == {"cartesia_batch_ids": ids, "cartesia_batch_id": part1}
+    assert {k: retry.xcom[k] for k in ("cartesia_batch_ids", "cartesia_batch_id")} == {
+        "cartesia_batch_ids": ids,
+        "cartesia_batch_id": part1,
+    }
     first, second = (sim.batch(i)["recipients"] for i in ids)
     assert (len(first), len(second)) == (2501, 2500)
     assert [r["to_number"] for r in first + second] == [r["to_number"] for r in recipients]
@@ -670,7 +677,10 @@ def test_cancel_is_idempotent(cartesia_conn_id: str, cartesia_simulator: Cartesi
     assert summary == CallBatch.model_validate(sim.batch(running)).summary()
     assert summary["status"] == "cancelled"
     assert summary["recipient_status_counts"]["cancelled"] == 2
-    assert ti.xcom == {"cartesia_batch_id": running}
+    assert ti.xcom == {
+        "cartesia_batch_id": running,
+        "cartesia_batch_url": f"https://play.cartesia.ai/agents/calls/batches/{running}",
+    }
     assert sim.count("POST", f"{BATCHES}/*/cancel") == 1
 
     again, _ = _cancel(running)
@@ -988,7 +998,8 @@ def test_a_deferred_wait_on_a_split_resumes_part_by_part(
         op.execute(_context(ti, run_after))
     part1, part2 = ti.xcom["cartesia_batch_ids"]
     assert isinstance(deferred.value.trigger, CallBatchTrigger) and deferred.value.trigger.batch_id == part1
-    assert ti.xcom["cartesia_batch_id"] == part1
+    assert ti.xcom["cartesia_batch_id"] == ti.xcom["cartesia_waiting_batch_id"] == part1
+    assert ti.xcom["cartesia_batch_url"].endswith(part1)
 
     def event(batch_id: str) -> dict[str, Any]:
         summary = CallBatch.model_validate(sim.batch(batch_id)).summary()
@@ -1000,7 +1011,8 @@ def test_a_deferred_wait_on_a_split_resumes_part_by_part(
             _context(ti, run_after), first
         )
     assert deferred.value.trigger.batch_id == part2
-    assert ti.xcom["cartesia_batch_id"] == part2 and ti.xcom["cartesia_batch_summary"] == [first["summary"]]
+    assert ti.xcom["cartesia_waiting_batch_id"] == part2 and ti.xcom["cartesia_batch_summary"] == [first["summary"]]
+    assert ti.xcom["cartesia_batch_id"] == part1 and ti.xcom["cartesia_batch_url"].endswith(part2)
 
     second = event(part2)
     resumed = _op(recipients=_numbers(5001), wait_for_completion=True, deferrable=True)
@@ -1008,7 +1020,7 @@ def test_a_deferred_wait_on_a_split_resumes_part_by_part(
     assert ti.xcom["cartesia_batch_summary"] == [first["summary"], second["summary"]]
 
     with pytest.raises(AirflowFailException, match="failed"):
-        resumed.execute_complete(_context(ti, run_after), {**second, "status": "failed", "message": "failed"})
+        resumed.execute_complete(_context(ti, run_after), {**second, "status": "failure", "message": "failed"})
     with pytest.raises(Exception, match="unknown event status"):
         resumed.execute_complete(_context(ti, run_after), {**second, "status": "done"})
 

@@ -76,7 +76,7 @@ def _run_poller(hook: CartesiaHook, agent: str, body: Callable[[Any], Any]) -> A
         clock[0] += seconds
 
     async def main() -> Any:
-        poller = poller_for(hook, agent, lambda: clock[0], sleep)
+        poller = poller_for(hook.alist_call_batch_page, hook.cartesia_conn_id, agent, lambda: clock[0], sleep)
         token = poller.join(30.0)
         try:
             return await body(poller)

@@ -210,31 +210,43 @@ def test_scheduled_batch_is_not_polled_before_shortly_before_scheduled_at(
     import time
     import types
 
+    from airflow_provider_cartesia.compat import AirflowRescheduleException
     from airflow_provider_cartesia.sensors import call_batch as sensor_module
 
     scheduled_at = datetime.now(timezone.utc) + timedelta(hours=2)
     batch_id = cartesia_simulator.seed_batch(recipients=2, scheduled_at=scheduled_at)
     sensor = CallBatchSensor(task_id="wait", batch_id=batch_id, poke_interval=300, timeout=86_400, **MODES[mode])
+    frozen = time.time()
+    monkeypatch.setattr(sensor_module, "time", types.SimpleNamespace(time=lambda: frozen, sleep=time.sleep))
+    slept: list[float] = []
+    sensor._sleep = slept.append
     if mode == "deferrable":
         with pytest.raises(TaskDeferred) as deferred:
             sensor.execute(_fake_context())
         next_poll = deferred.value.trigger.first_poll_at
+    elif mode == "reschedule":
+        with pytest.raises(AirflowRescheduleException) as rescheduled:
+            sensor.execute(_fake_context(get_first_reschedule_date=lambda context: None))
+        next_poll = rescheduled.value.reschedule_date.timestamp()
     else:
-        done = sensor.poke(_fake_context())
-        assert not done
-        frozen = time.time()
-        monkeypatch.setattr(sensor_module, "time", types.SimpleNamespace(time=lambda: frozen, sleep=time.sleep))
-        next_poll = frozen + sensor._get_next_poke_interval(0.0, lambda: 0.0, 1)
-    assert cartesia_simulator.count("GET", _path(batch_id)) == 1
+        assert not sensor.poke(_fake_context())
+        next_poll = frozen + slept[0]
+        assert len(slept) == 1, "one sleep, then one more look"
+    assert cartesia_simulator.count("GET", _path(batch_id)) == (2 if mode == "poke" else 1)
     assert next_poll == pytest.approx(scheduled_at.timestamp() - 60, abs=1e-3)
 
 
 def test_scheduled_wait_is_capped_at_the_timeout(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str) -> None:
+    import time
+
     scheduled_at = datetime.now(timezone.utc) + timedelta(hours=2)
     batch_id = cartesia_simulator.seed_batch(recipients=1, scheduled_at=scheduled_at)
     sensor = CallBatchSensor(task_id="wait", batch_id=batch_id, poke_interval=30, timeout=600)
+    slept: list[float] = []
+    sensor._sleep = slept.append
+    sensor._started = time.time() - 100
     assert not sensor.poke(_fake_context())
-    assert sensor._get_next_poke_interval(0.0, lambda: 100.0, 1) == pytest.approx(500)
+    assert slept == [pytest.approx(500, abs=1)]
 
 
 @pytest.mark.dagtest
@@ -314,6 +326,8 @@ def test_execute_complete_fails_closed_and_ends_like_a_poke(cartesia_conn_id: st
     with pytest.raises(AirflowException, match="without a summary"):
         sensor.execute_complete({}, {"status": "success", "batch_id": "acb_1"})
     with pytest.raises(AirflowFailException, match="cancelled"):
+        sensor.execute_complete({}, {"status": "failure", "batch_id": "acb_1", "message": "ended cancelled"})
+    with pytest.raises(AirflowException, match="unknown event status 'failed'"):  # the old word fails closed
         sensor.execute_complete({}, {"status": "failed", "batch_id": "acb_1", "message": "ended cancelled"})
     with pytest.raises(AirflowFailException, match="404"):
         sensor.execute_complete({}, {"status": "error", "batch_id": "acb_1", "message": "HTTP 404"})

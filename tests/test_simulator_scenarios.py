@@ -7,9 +7,9 @@ from datetime import timedelta
 
 import pytest
 
-from airflow_provider_cartesia.models import classify_batch
 from airflow_provider_cartesia.testing import CartesiaSimulator
 from airflow_provider_cartesia.testing.scenarios import RATE_LIMITED_READS, SCENARIOS
+from airflow_provider_cartesia.waiting import WaitCriteria
 
 DEFAULT_POKE_INTERVAL = 60.0  # BaseSensorOperator's default
 
@@ -22,21 +22,21 @@ def test_slow_outlasts_many_default_pokes_so_a_deferrable_sensor_defers(cartesia
     assert inspect.signature(BaseSensorOperator.__init__).parameters["poke_interval"].default == DEFAULT_POKE_INTERVAL
     batch_id = SCENARIOS["slow"].seed(cartesia_simulator)
     first_poke = hook.get_call_batch(batch_id)
-    assert classify_batch(first_poke) == "waiting", "the sensor's first poke must not end the wait"
+    assert WaitCriteria().classify(first_poke) == "waiting", "the sensor's first poke must not end the wait"
     settles = cartesia_simulator.batch_times(batch_id).all_finished_at
     assert settles is not None
     assert settles - cartesia_simulator.clock.now() > timedelta(seconds=5 * DEFAULT_POKE_INTERVAL)
     cartesia_simulator.clock.advance(5 * DEFAULT_POKE_INTERVAL)
-    assert classify_batch(hook.get_call_batch(batch_id)) == "waiting"
+    assert WaitCriteria().classify(hook.get_call_batch(batch_id)) == "waiting"
     cartesia_simulator.clock.advance_to(settles)
-    assert classify_batch(hook.get_call_batch(batch_id)) == "success"
+    assert WaitCriteria().classify(hook.get_call_batch(batch_id)) == "success"
 
 
 def test_fails_ends_failed_and_fails_the_wait(cartesia_simulator: CartesiaSimulator, hook):
     batch_id = SCENARIOS["fails"].seed(cartesia_simulator)
     cartesia_simulator.clock.advance(20)
     batch = hook.get_call_batch(batch_id)
-    assert (batch.status, classify_batch(batch)) == ("failed", "failure")
+    assert (batch.status, WaitCriteria().classify(batch)) == ("failed", "failure")
     assert all(r.error_message for r in batch.recipients or ())
 
 
@@ -46,9 +46,9 @@ def test_cancelled_is_cancelled_mid_way_with_calls_still_finishing(cartesia_simu
     assert batch.status == "cancelled"
     assert batch.recipient_status_counts()["cancelled"] == 80
     assert batch.total_calls_dispatched == 120 and batch.total_calls_finished < 120
-    assert classify_batch(batch) == "waiting", "calls in flight keep a 'finished' wait going"
+    assert WaitCriteria().classify(batch) == "waiting", "calls in flight keep a 'finished' wait going"
     cartesia_simulator.clock.advance(180)
-    assert classify_batch(hook.get_call_batch(batch_id)) == "failure"
+    assert WaitCriteria().classify(hook.get_call_batch(batch_id)) == "failure"
 
 
 def test_rate_limited_answers_429_then_recovers(cartesia_simulator: CartesiaSimulator, hook, sleeps):

@@ -86,10 +86,12 @@ def test_serialize_holds_ids_and_settings_only_and_round_trips() -> None:
         cartesia_conn_id="cartesia_prod",
         poll_interval=45,
         end_time=1_900_000_000.5,
-        wait_for="dispatched",
-        success_statuses=["completed"],
-        failure_statuses=("failed",),
-        max_consecutive_failures=2,
+        criteria={
+            "wait_for": "dispatched",
+            "success_statuses": ["completed"],
+            "failure_statuses": ("failed",),
+            "max_consecutive_failures": 2,
+        },
         first_poll_at=1_800_000_000.0,
         exponential_backoff=True,
         max_wait=600,
@@ -110,10 +112,12 @@ def test_serialize_holds_ids_and_settings_only_and_round_trips() -> None:
         "consecutive_failures": 1,
         "agent_id": "agent_1",
         "batch_created_at": "2026-06-01T12:00:00+00:00",
-        "wait_for": "dispatched",
-        "success_statuses": ["completed"],
-        "failure_statuses": ["failed"],
-        "max_consecutive_failures": 2,
+        "criteria": {
+            "wait_for": "dispatched",
+            "success_statuses": ["completed"],
+            "failure_statuses": ["failed"],
+            "max_consecutive_failures": 2,
+        },
     }
     json.dumps(kwargs)  # stored in the metadata DB as is
     from tests.helpers import import_string
@@ -155,7 +159,9 @@ def test_wait_for_dispatched_ends_at_the_terminal_status(
 ) -> None:
     sim = cartesia_simulator
     batch_id = sim.seed_batch(recipients=2, call_seconds=LONG_CALLS, outcomes=COMPLETED)
-    trigger = CallBatchTrigger(batch_id=batch_id, poll_interval=1, end_time=start(sim) + 60, wait_for="dispatched")
+    trigger = CallBatchTrigger(
+        batch_id=batch_id, poll_interval=1, end_time=start(sim) + 60, criteria={"wait_for": "dispatched"}
+    )
     drive(trigger, sim, sleeps)
 
     event = only_event(trigger)
@@ -180,10 +186,10 @@ def test_failed_and_cancelled_batches_end_in_a_failed_event_with_counts(
         drive(trigger, sim, sleeps)
         events[batch_id] = only_event(trigger)
 
-    assert events[failed]["status"] == "failed"
+    assert events[failed]["status"] == "failure"
     assert "status 'failed'" in events[failed]["message"]
     assert "2 of 2 calls finished" in events[failed]["message"]
-    assert events[cancelled]["status"] == "failed"
+    assert events[cancelled]["status"] == "failure"
     assert events[cancelled]["summary"]["status"] == "cancelled"
     # The one call dispatched before the cancel was waited for (wait_for="finished").
     assert (
@@ -255,7 +261,7 @@ def test_spent_failure_budget_is_a_retriable_error(
     batch_id = sim.seed_batch(recipients=1)
     sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault.server_error(500), times=100)
     trigger = CallBatchTrigger(
-        batch_id=batch_id, poll_interval=10, end_time=start(sim) + 3600, max_consecutive_failures=2
+        batch_id=batch_id, poll_interval=10, end_time=start(sim) + 3600, criteria={"max_consecutive_failures": 2}
     )
     drive(trigger, sim, sleeps)
 
@@ -274,7 +280,9 @@ def test_failures_before_deferring_count_against_the_budget(
     sim = cartesia_simulator
     batch_id = sim.seed_batch(recipients=1)
     sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault.server_error(500), times=5)
-    trigger = CallBatchTrigger(batch_id=batch_id, poll_interval=10, max_consecutive_failures=2, consecutive_failures=2)
+    trigger = CallBatchTrigger(
+        batch_id=batch_id, poll_interval=10, criteria={"max_consecutive_failures": 2}, consecutive_failures=2
+    )
     drive(trigger, sim, sleeps)
 
     assert only_event(trigger)["status"] == "error"

@@ -21,19 +21,20 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaServerError,
     CartesiaTransportError,
 )
-from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY
+from airflow_provider_cartesia.links import CALL_BATCH_URL_XCOM_KEY
 from airflow_provider_cartesia.models import CallBatch
+from airflow_provider_cartesia.sensors.call_batch import WAITING_BATCH_ID_XCOM_KEY, CallBatchWaitMixin
 from airflow_provider_cartesia.testing import CartesiaSimulator, Fault
 from airflow_provider_cartesia.triggers.call_batch import CallBatchTrigger
 from airflow_provider_cartesia.waiting import (
     BatchWatch,
     CallBatchWaitError,
-    CallBatchWaitMixin,
+    Verdict,
     WaitCriteria,
     backoff_interval,
-    is_fatal,
     scheduled_wait,
-    validate_trigger_event,
+    trigger_event,
+    verdict_from_event,
 )
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
@@ -56,11 +57,41 @@ NOW = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
     ],
 )
 def test_which_failed_polls_end_the_wait_at_once(error: Exception, fatal: bool) -> None:
-    assert is_fatal(error) is fatal
+    verdict = BatchWatch("acb_1", WaitCriteria(), _Log()).failed(error)  # type: ignore[arg-type]
+    assert verdict.outcome == ("error" if fatal else "waiting")
 
 
 def _batch(**fields: Any) -> CallBatch:
     return CallBatch.model_validate({"id": "acb_1", "status": "pending", "total_calls_scheduled": 2, **fields})
+
+
+@pytest.mark.parametrize(
+    ("status", "dispatched", "finished", "wait_for", "expected"),
+    [
+        ("pending", 0, 0, "finished", "waiting"),
+        ("in_progress", 5, 2, "finished", "waiting"),
+        ("completed", 10, 7, "finished", "waiting"),  # every call dispatched, three still talking
+        ("completed", 10, 7, "dispatched", "success"),
+        ("completed", 10, 10, "finished", "success"),
+        ("failed", 10, 10, "finished", "failure"),
+        ("cancelled", 4, 3, "finished", "waiting"),  # calls in flight finish even after a cancel
+        ("cancelled", 4, 4, "finished", "failure"),
+        ("cancelled", 4, 3, "dispatched", "failure"),
+        ("paused_by_carrier", 10, 10, "finished", "waiting"),  # an unknown status keeps the wait going
+    ],
+)
+def test_classify(status: str, dispatched: int, finished: int, wait_for: str, expected: str):
+    assert WaitCriteria(wait_for=wait_for).classify(
+        _batch(status=status, total_calls_dispatched=dispatched, total_calls_finished=finished)
+    )  # type: ignore[arg-type] == expected  # type: ignore[arg-type]
+
+
+def test_classify_with_custom_statuses():
+    cancelled = _batch(status="cancelled", total_calls_dispatched=4, total_calls_finished=4)
+    assert (
+        WaitCriteria(success_statuses=("completed", "cancelled"), failure_statuses=("failed",)).classify(cancelled)
+        == "success"
+    )
 
 
 @pytest.mark.parametrize(
@@ -73,7 +104,7 @@ def _batch(**fields: Any) -> CallBatch:
         (NOW + timedelta(seconds=61), 30, 31.0),  # wake 31 s from now
         (NOW + timedelta(hours=1), 30, 3570.0),  # wake one interval before
         (NOW + timedelta(hours=1), 600, 3540.0),  # ... but never more than 60 s before
-        (NOW.replace(tzinfo=None) + timedelta(hours=1), 30, 3570.0),  # a naive time is UTC
+        (NOW.replace(tzinfo=None) + timedelta(hours=1), 30, 3570.0),  # the model reads a naive time as UTC
     ],
 )
 def test_scheduled_wait(scheduled_at: datetime | None, interval: float, expected: float | None) -> None:
@@ -185,36 +216,38 @@ def test_failure_message_has_counts_and_no_personal_data() -> None:
     ],
 )
 def test_trigger_events_outside_the_allow_list_fail_closed(event: Any, error: str) -> None:
-    with pytest.raises(AirflowException, match=error):
-        validate_trigger_event(event, "acb_1")
+    with pytest.raises(ValueError, match=error):
+        verdict_from_event(event, "acb_1")
 
 
-@pytest.mark.parametrize("status", ["success", "failed", "timeout", "error"])
-def test_trigger_events_on_the_allow_list_pass(status: str) -> None:
-    event = {"status": status, "batch_id": "acb_1", "summary": {"batch_id": "acb_1"}, "message": "m"}
-    assert validate_trigger_event(event, "acb_1") == event
+@pytest.mark.parametrize("outcome", ["success", "failure", "timeout", "error"])
+def test_one_vocabulary_from_verdict_to_event_and_back(outcome: Any) -> None:
+    verdict = Verdict(outcome, "m", {"batch_id": "acb_1"}, retriable=outcome == "error")
+    event = trigger_event(verdict, "acb_1")
+    assert event["status"] == outcome
+    assert verdict_from_event(event, "acb_1") == verdict
+
+
+def test_a_timeout_event_without_a_message_gets_the_timeout_message() -> None:
+    verdict = verdict_from_event({"status": "timeout", "batch_id": "acb_1"}, "acb_1")
+    assert verdict.outcome == "timeout" and "did not settle before the wait's deadline" in verdict.message
 
 
 class WaitingOperator(CallBatchWaitMixin, BaseOperator):
     """What issue 5's create operator does after creating its batch: publish the id, then wait."""
 
     def __init__(self, *, batch_id: str, deferrable: bool = False, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+        super().__init__(max_consecutive_failures=1, **kwargs)
         self.batch_id = batch_id
         self.deferrable = deferrable
-        self.cartesia_conn_id = "cartesia_default"
-        self.wait_criteria = WaitCriteria(max_consecutive_failures=1)
+        self.slept: list[float] = []
+        self._sleep = self.slept.append
 
     def execute(self, context: Any) -> Any:
-        context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=self.batch_id)
+        self.publish_batch(context, self.batch_id, WAITING_BATCH_ID_XCOM_KEY)
         if self.deferrable:
             return self.poke_then_defer(self.batch_id, poll_interval=5, timeout=600)
-        return self.wait_in_worker(self.batch_id, poll_interval=5, timeout=600, sleep=self._sleep)
-
-    def _sleep(self, seconds: float) -> None:
-        self.slept.append(seconds)
-
-    slept: list[float]
+        return self.wait_in_worker(self.batch_id, poll_interval=5, timeout=600)
 
 
 class _TI:
@@ -240,7 +273,6 @@ def test_an_operator_waits_in_the_worker_with_the_same_decisions(
     sim.inject("GET", f"/agents/calls/batches/{batch_id}", Fault(drop=True), times=5)  # one failed poll
     sim.clock.tick_per_request = 20
     operator = WaitingOperator(task_id="create", batch_id=batch_id)
-    operator.slept = []
     operator.hook._sleep = sleeps
     try:
         summary = operator.execute({"ti": _TI()})
@@ -255,7 +287,6 @@ def test_an_operator_gives_up_after_its_failure_budget(
 ) -> None:
     batch_id = cartesia_simulator.seed_batch(recipients=1)
     operator = WaitingOperator(task_id="create", batch_id=batch_id)
-    operator.slept = []
     operator.hook._sleep = sleeps
     cartesia_simulator.inject("GET", f"/agents/calls/batches/{batch_id}", Fault.server_error(502), times=10)
     with pytest.raises(CallBatchWaitError, match="2 polls in a row failed"):
@@ -265,7 +296,6 @@ def test_an_operator_gives_up_after_its_failure_budget(
 def test_an_operator_times_out_in_the_worker(cartesia_simulator: CartesiaSimulator, cartesia_conn_id: str) -> None:
     batch_id = cartesia_simulator.seed_batch(recipients=1, call_seconds=(1e5, 1e5), outcomes={"completed": 1.0})
     operator = WaitingOperator(task_id="create", batch_id=batch_id)
-    operator.slept = []
     with pytest.raises(AirflowSensorTimeout, match="did not settle"):
         operator.wait_in_worker(batch_id, poll_interval=0.01, timeout=0.05)
 
@@ -285,7 +315,10 @@ def test_an_operator_defers_and_resumes_from_its_published_batch_id(
     summary = {"batch_id": batch_id, "status": "completed"}
     ok = {"status": "success", "batch_id": batch_id, "summary": summary}
     assert operator.execute_complete(context, ok) == summary
+    assert context["ti"].xcom[CALL_BATCH_URL_XCOM_KEY].endswith(f"/agents/calls/batches/{batch_id}")
     with pytest.raises(AirflowFailException, match="ended"):
+        operator.execute_complete(context, {"status": "failure", "batch_id": batch_id, "message": "ended"})
+    with pytest.raises(AirflowException, match="unknown event status 'failed'"):
         operator.execute_complete(context, {"status": "failed", "batch_id": batch_id, "message": "ended"})
     with pytest.raises(AirflowException, match="event for batch"):
         operator.execute_complete(context, {**ok, "batch_id": "acb_other"})

@@ -6,7 +6,6 @@ import json
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from airflow.sdk import BaseOperator, XComArg
@@ -21,6 +20,7 @@ from airflow_provider_cartesia.exceptions import (
     CartesiaServerError,
     is_permanent,
 )
+from airflow_provider_cartesia.hooks.cartesia import CartesiaHookMixin
 from airflow_provider_cartesia.idempotency import (
     Campaign,
     DuplicateRiskError,
@@ -34,7 +34,7 @@ from airflow_provider_cartesia.idempotency import (
     task_instance_key,
 )
 from airflow_provider_cartesia.links import CALL_BATCH_ID_XCOM_KEY, CallBatchLink
-from airflow_provider_cartesia.models import WaitFor, aware_datetime
+from airflow_provider_cartesia.models import aware_datetime
 from airflow_provider_cartesia.recipients import (
     InvalidRecipientsError,
     load_recipients_from_sql,
@@ -43,18 +43,11 @@ from airflow_provider_cartesia.recipients import (
     split_recipients,
     validate_recipients,
 )
-from airflow_provider_cartesia.waiting import (
-    DEFAULT_FAILURE_STATUSES,
-    DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_SUCCESS_STATUSES,
-    CallBatchWaitMixin,
-    WaitCriteria,
-)
+from airflow_provider_cartesia.sensors.call_batch import WAITING_BATCH_ID_XCOM_KEY, CallBatchWaitMixin
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
 
 CALL_BATCH_IDS_XCOM_KEY = "cartesia_batch_ids"
@@ -124,7 +117,7 @@ class RecipientsField:
     __repr__ = __str__
 
 
-class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
+class CreateCallBatchOperator(CallBatchWaitMixin):
     """Create a Cartesia call batch (a campaign of outbound calls), at most once per task instance.
 
     The batch is named ``<name> [af:<key>.<list>]`` after its task instance and recipient list; a retried
@@ -132,14 +125,14 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
     looked for, never resent. More than 5,000 recipients become several batches of balanced size; a
     retry creates only the missing ones. Everything is validated before the first request; numbers and
     metadata never reach logs, XCom or the rendered-template view. Returns the batch id (the list of ids
-    when split); XCom ``cartesia_batch_ids`` always holds the list. How and why: docs/campaigns.md.
+    when split); XCom ``cartesia_batch_ids`` holds the list and ``cartesia_batch_id`` the first id (pushed
+    before any wait). How and why: docs/campaigns.md.
 
     **wait_for_completion=True** then waits exactly as
-    :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (the same shared code:
-    in this worker every ``poke_interval`` seconds, or deferred to the same
-    :class:`~airflow_provider_cartesia.triggers.call_batch.CallBatchTrigger`; same success and failure
-    rules and errors), for each part in turn within one ``timeout``. The return value stays the id(s);
-    the summary (counts only) is pushed under XCom ``cartesia_batch_summary`` (a list when split).
+    :class:`~airflow_provider_cartesia.sensors.call_batch.CallBatchSensor` does (same code, rules and
+    errors; in this worker or deferred), for each part in turn within one ``timeout``; the link
+    points at the part being waited for. The summary (counts only) is pushed under XCom
+    ``cartesia_batch_summary`` (a list when split).
 
     :param name: the batch's label (templated); the tag is appended.
     :param agent_id: the agent that handles the calls (templated).
@@ -205,15 +198,10 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         region: str | None = None,
         allow_duplicate_numbers: bool = False,
         skip_if_no_recipients: bool = False,
-        cartesia_conn_id: str = DEFAULT_CONN_ID,
         wait_for_completion: bool = False,
         deferrable: bool = conf.getboolean("operators", "default_deferrable", fallback=False),
         poke_interval: float | timedelta = DEFAULT_POKE_INTERVAL,
         timeout: float | timedelta = DEFAULT_WAIT_TIMEOUT,
-        wait_for: WaitFor = "finished",
-        success_statuses: Collection[str] = DEFAULT_SUCCESS_STATUSES,
-        failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
-        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         cancel_on_kill: bool = False,
         **kwargs: Any,
     ) -> None:
@@ -248,14 +236,11 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         self.region = region
         self.allow_duplicate_numbers = allow_duplicate_numbers
         self.skip_if_no_recipients = skip_if_no_recipients
-        self.cartesia_conn_id = cartesia_conn_id
         self.wait_for_completion = wait_for_completion
         self.deferrable = deferrable
         self.poke_interval = _seconds("poke_interval", poke_interval)
         self.timeout = _seconds("timeout", timeout)
-        self.wait_criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses, max_consecutive_failures)
         self.cancel_on_kill = cancel_on_kill
-        self._sleep = time.sleep
         self._batch_ids: list[str] = []
 
     # -- execute ------------------------------------------------------------------------------
@@ -292,7 +277,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
             _fail(f"{problem}; an earlier try created {len(plan.adopt)} of {plan.parts} batch(es)")
         ids = self._create_missing(campaign, plan, parts, scheduled_at)
         ti.xcom_push(key=CALL_BATCH_IDS_XCOM_KEY, value=ids)
-        CallBatchLink.persist(context, ids[0])
+        self.publish_batch(context, ids[0])
         if self.wait_for_completion:
             return self._wait(context, ids, 0, [])
         return ids[0] if len(ids) == 1 else ids
@@ -461,25 +446,18 @@ class CreateCallBatchOperator(CallBatchWaitMixin, BaseOperator):
         return (started.timestamp() if isinstance(started, datetime) else time.time()) + self.timeout
 
     def _wait(self, context: Context, ids: list[str], start: int, summaries: list[dict[str, Any]]) -> str | list[str]:
-        """Wait for ``ids[start:]`` one after the other, as the sensor waits, within one deadline.
-
-        The part being waited for is the one published for the extra link (the shared
-        ``execute_complete`` finds it there); the summaries of the parts settled so far are in XCom,
-        so that a deferred wait resumes where it was.
-        """
+        """Wait for ``ids[start:]`` in turn within one deadline; XCom says where a deferred wait resumes."""
         ti = context["ti"]
         deadline = self._wait_deadline(context)
         for position in range(start, len(ids)):
-            CallBatchLink.persist(context, ids[position])
+            self.publish_batch(context, ids[position], WAITING_BATCH_ID_XCOM_KEY)
             if summaries:  # the parts settled so far, for a deferred wait to resume from
                 ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries)
             remaining = max(deadline - time.time(), 0.0)
             if self.deferrable:
                 summary = self.poke_then_defer(ids[position], poll_interval=self.poke_interval, timeout=remaining)
             else:
-                summary = self.wait_in_worker(
-                    ids[position], poll_interval=self.poke_interval, timeout=remaining, sleep=self._sleep
-                )
+                summary = self.wait_in_worker(ids[position], poll_interval=self.poke_interval, timeout=remaining)
             summaries = [*summaries, summary]
         ti.xcom_push(key=CALL_BATCH_SUMMARY_XCOM_KEY, value=summaries[0] if len(ids) == 1 else summaries)
         return ids[0] if len(ids) == 1 else ids
@@ -518,7 +496,7 @@ CANCELLED_XCOM_KEY = "cartesia_cancelled"
 """XCom key of the summaries of the batches a partly failed cancel of several batches did cancel."""
 
 
-class CancelCallBatchOperator(BaseOperator):
+class CancelCallBatchOperator(CartesiaHookMixin, BaseOperator):
     """Stop dialing a call batch's queued recipients; calls in flight finish. Idempotent.
 
     A batch that is already over is left alone. Returns the batch's summary (counts only), read after
@@ -539,17 +517,12 @@ class CancelCallBatchOperator(BaseOperator):
         self.batch_id = batch_id
         self.cartesia_conn_id = cartesia_conn_id
 
-    @cached_property
-    def hook(self) -> CartesiaHook:
-        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-
-        return CartesiaHook(self.cartesia_conn_id)
-
     def execute(self, context: Context) -> dict[str, Any] | list[dict[str, Any]]:
         ids = [self.batch_id] if isinstance(self.batch_id, str) else list(self.batch_id or [])
         if not ids or not all(isinstance(i, str) for i in ids):
             _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
         context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
+        CallBatchLink.persist(context, self.hook, ids[0])
         summaries: list[dict[str, Any]] = []
         failures: dict[str, CartesiaError] = {}
         for batch_id in ids:

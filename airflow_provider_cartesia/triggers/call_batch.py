@@ -1,72 +1,45 @@
 """CallBatchTrigger: wait for a call batch in the triggerer, natively async.
 
-Every poll goes through the hook's async path (httpx, one connection pool per event loop shared by
-every trigger, the same retry policy and errors as the sync hook); the connection is looked up with
-Airflow's async API. Once the batch's agent is known, polls read counters from the agent's batch
-list through the event loop's shared :class:`~airflow_provider_cartesia.polling.BatchListPoller`:
-a thousand waits on one agent cost a walk of its list per interval, not a thousand GETs of every
-recipient (see docs/waiting.md and docs/benchmarks.md).
+Polls go through the hook's async path; once the agent is known, through the event loop's shared
+:class:`~airflow_provider_cartesia.polling.BatchListPoller` (see docs/waiting.md).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime
-from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
 from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.exceptions import CartesiaError
-from airflow_provider_cartesia.models import WaitFor
+from airflow_provider_cartesia.hooks.cartesia import CartesiaHookMixin
+from airflow_provider_cartesia.models import aware_datetime
 from airflow_provider_cartesia.polling import BatchListPoller, poller_for
-from airflow_provider_cartesia.waiting import (
-    DEFAULT_FAILURE_STATUSES,
-    DEFAULT_MAX_CONSECUTIVE_FAILURES,
-    DEFAULT_SUCCESS_STATUSES,
-    BatchWatch,
-    Verdict,
-    WaitCriteria,
-    backoff_interval,
-    timeout_message,
-    trigger_event,
-)
+from airflow_provider_cartesia.waiting import BatchWatch, Verdict, WaitCriteria, backoff_interval, trigger_event
 
 if TYPE_CHECKING:
     from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
     from airflow_provider_cartesia.models import CallBatch
 
 
-class CallBatchTrigger(BaseTrigger):
+class CallBatchTrigger(CartesiaHookMixin, BaseTrigger):
     """Poll a call batch until it settles, fails, or the deadline passes; yield exactly one event.
 
-    Events (``status``, plus ``batch_id``, ``message`` and ``summary``, the batch's counts):
-    ``success``, ``failed`` (a failure status), ``timeout`` (``end_time`` passed) and ``error``
-    (401/403/404/400, or more than ``max_consecutive_failures`` failed polls in a row; ``retriable``
-    tells which). The decisions are :mod:`airflow_provider_cartesia.waiting`'s, shared with the sensor.
+    The event's ``status`` is the wait's outcome (``success``, ``failure``, ``error``, ``timeout``),
+    with ``batch_id``, ``message``, ``summary`` (counts) and ``retriable``. Polls start
+    ``poll_interval`` seconds apart; rebuilt from :meth:`serialize` it keeps the same deadline.
+    Its keyword arguments are internal (set by the sensor and the create operator).
 
-    Polls start exactly ``poll_interval`` seconds apart (a poll slower than that is followed at once by
-    the next). A batch whose ``scheduled_at`` lies ahead is next polled ``min(poll_interval, 60 s)``
-    before that time. Rebuilt from :meth:`serialize` (a triggerer restart), it polls at once (or at
-    ``first_poll_at``, while that is still ahead) and keeps the same absolute deadline.
-
-    :param batch_id: the call batch (``acb_...``).
-    :param cartesia_conn_id: the Airflow connection; only its id is stored, never the key.
-    :param poll_interval: seconds between the starts of two polls.
     :param end_time: absolute deadline (``time.time()`` seconds); None waits without one.
-    :param first_poll_at: when to poll first (``time.time()`` seconds); None or past: at once. The
-        sensor sets it, having just polled, so that it does not poll twice in a row.
-    :param exponential_backoff: double the interval after each poll, up to ``max_wait`` seconds.
-    :param consecutive_failures: failed polls in a row already seen by the task before it deferred,
-        so that the budget is the same as in the other modes.
-    :param agent_id: the batch's agent, when known (the task's first read tells it); None: the first
-        poll is a GET of the batch, which tells it.
-    :param batch_created_at: when the batch was created (RFC 3339), so that the list walk can stop early.
-    :param wait_for, success_statuses, failure_statuses, max_consecutive_failures: see
-        :class:`~airflow_provider_cartesia.waiting.WaitCriteria`.
+    :param first_poll_at: when to poll first; None or past: at once (the task just polled).
+    :param consecutive_failures: failed polls in a row the task saw before deferring (one budget).
+    :param agent_id: the batch's agent, when known; the first GET tells it otherwise.
+    :param batch_created_at: when the batch was created, so that the list walk can stop early.
+    :param criteria: :meth:`WaitCriteria.to_dict <airflow_provider_cartesia.waiting.WaitCriteria.to_dict>`.
     """
 
     def __init__(
@@ -75,16 +48,13 @@ class CallBatchTrigger(BaseTrigger):
         cartesia_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 60.0,
         end_time: float | None = None,
-        wait_for: WaitFor = "finished",
-        success_statuses: Collection[str] = DEFAULT_SUCCESS_STATUSES,
-        failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
-        max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
         first_poll_at: float | None = None,
         exponential_backoff: bool = False,
         max_wait: float | None = None,
         consecutive_failures: int = 0,
         agent_id: str | None = None,
         batch_created_at: datetime | str | None = None,
+        criteria: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if poll_interval <= 0:
@@ -93,15 +63,13 @@ class CallBatchTrigger(BaseTrigger):
         self.cartesia_conn_id = cartesia_conn_id
         self.poll_interval = float(poll_interval)
         self.end_time = float(end_time) if end_time is not None else None
-        self.criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses, max_consecutive_failures)
+        self.criteria = WaitCriteria.of(**(criteria or {}))
         self.first_poll_at = float(first_poll_at) if first_poll_at is not None else None
         self.exponential_backoff = bool(exponential_backoff)
         self.max_wait = float(max_wait) if max_wait else None
         self.consecutive_failures = int(consecutive_failures)
         self.agent_id = agent_id or None
-        if isinstance(batch_created_at, str):
-            batch_created_at = datetime.fromisoformat(batch_created_at)
-        self.batch_created_at = batch_created_at
+        self.batch_created_at = aware_datetime(batch_created_at, "batch_created_at")
         self._poller: BatchListPoller | None = None
         self._poller_token = 0
 
@@ -120,16 +88,9 @@ class CallBatchTrigger(BaseTrigger):
                 "consecutive_failures": self.consecutive_failures,
                 "agent_id": self.agent_id,
                 "batch_created_at": self.batch_created_at.isoformat() if self.batch_created_at else None,
-                **self.criteria.to_dict(),
+                "criteria": self.criteria.to_dict(),
             },
         )
-
-    @cached_property
-    def hook(self) -> CartesiaHook:
-        """The hook, built on first use inside :meth:`run` (its async path looks the connection up)."""
-        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-
-        return CartesiaHook(self.cartesia_conn_id)
 
     # Time, replaceable in tests (drive a simulated clock instead of sleeping).
     def _now(self) -> float:
@@ -139,17 +100,18 @@ class CallBatchTrigger(BaseTrigger):
         await asyncio.sleep(seconds)
 
     async def _fetch(self, hook: CartesiaHook) -> CallBatch:
-        """One read of the batch (recipients' statuses only), through the hook's async path (never blocking)."""
+        """One read of the batch (recipients' statuses only), on the hook's async path."""
         return await hook.aget_call_batch_statuses(self.batch_id)
 
     async def _poll(self, hook: CartesiaHook, watch: BatchWatch, urgent: bool) -> tuple[Verdict, float | None]:
-        """One poll: the counters from the shared list walk, then a GET only when they end the wait (or
-        the list does not show the batch). Returns the verdict and when the list was read."""
+        """One poll (the shared walk's counters; a GET to confirm an end): the verdict, when the list was read."""
         read_at = None
         try:
             if watch.agent_id is not None:
                 if self._poller is None:
-                    self._poller = poller_for(hook, watch.agent_id, self._now, self._sleep)
+                    self._poller = poller_for(
+                        hook.alist_call_batch_page, self.cartesia_conn_id, watch.agent_id, self._now, self._sleep
+                    )
                     self._poller_token = self._poller.join(self.poll_interval)
                 counters, read_at = await self._poller.read(self.batch_id, watch.created_at, urgent=urgent)
                 if not watch.needs_full_read(counters):
@@ -192,19 +154,10 @@ class CallBatchTrigger(BaseTrigger):
             verdict, read_at = await self._poll(hook, watch, urgent=at_deadline)
             if read_at is not None:
                 started = read_at  # in step with the shared list walk
+            if verdict.outcome == "waiting" and self.end_time is not None and self._now() >= self.end_time:
+                verdict = watch.timed_out()
             if verdict.outcome != "waiting":
                 self._leave_poller()
                 yield TriggerEvent(trigger_event(verdict, self.batch_id))
-                return
-            if self.end_time is not None and self._now() >= self.end_time:
-                self._leave_poller()
-                yield TriggerEvent(
-                    {
-                        "status": "timeout",
-                        "batch_id": self.batch_id,
-                        "message": timeout_message(self.batch_id, watch.last_summary),
-                        "summary": watch.last_summary,
-                    }
-                )
                 return
             next_poll_at = started + watch.next_delay(self._interval(watch.polls), started)

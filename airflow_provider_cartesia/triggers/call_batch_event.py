@@ -1,12 +1,8 @@
 """CallBatchEventTrigger: an asset event for every call batch that settles (event-driven scheduling).
 
-Cartesia pushes nothing per batch (its webhooks are per call, without a batch id), so the trigger
-reads the batch list (counters, no recipients) every ``poll_interval`` and emits one event per batch
-that settles, by the sensor's rule. Siblings on one (connection, agent, interval) share one read of
-the list through Airflow's shared streams where the triggerer has them (3.3); elsewhere ``run()``
-polls on its own. At least once: the watermark (``since``) survives a triggerer restart in the
-asset's state store (3.3), else it restarts from the ``since`` argument; a duplicate is possible.
-See docs/events.md.
+Cartesia pushes nothing per batch, so the trigger reads the batch list (counters, no recipients)
+every ``poll_interval`` and emits one event per batch that settles, by the sensor's rule. At least
+once, with a watermark kept in the asset's state store where Airflow has one; see docs/events.md.
 """
 
 from __future__ import annotations
@@ -15,20 +11,17 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Hashable
 from datetime import datetime, timedelta, timezone
-from functools import cached_property
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
 from airflow_provider_cartesia.api import DEFAULT_CONN_ID
 from airflow_provider_cartesia.compat import asset_state_store
-from airflow_provider_cartesia.exceptions import CartesiaError
-from airflow_provider_cartesia.models import CallBatch, WaitFor
+from airflow_provider_cartesia.exceptions import CartesiaError, is_permanent
+from airflow_provider_cartesia.hooks.cartesia import CartesiaHookMixin
+from airflow_provider_cartesia.models import CallBatch, WaitFor, aware_datetime
 from airflow_provider_cartesia.polling import LIST_PAGE_SIZE, MAX_BACKOFF_FACTOR, MAX_LIST_PAGES
-from airflow_provider_cartesia.waiting import DEFAULT_FAILURE_STATUSES, DEFAULT_SUCCESS_STATUSES, WaitCriteria, is_fatal
-
-if TYPE_CHECKING:
-    from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
+from airflow_provider_cartesia.waiting import WaitCriteria
 
 WATERMARK_KEY = "cartesia_settled_since"
 """Key of the watermark in the asset's state store (Airflow 3.3)."""
@@ -52,34 +45,21 @@ def settled_event(batch: CallBatch, outcome: str) -> dict[str, Any]:
         "total_calls_dispatched": batch.total_calls_dispatched,
         "total_calls_finished": batch.total_calls_finished,
         "retry_count": batch.retry_count,
-        "last_updated_at": _iso(batch.last_updated_at),
+        "last_updated_at": batch.last_updated_at.isoformat() if batch.last_updated_at else None,
     }
-
-
-def _iso(when: datetime | None) -> str | None:
-    return when.astimezone(timezone.utc).isoformat() if when is not None else None
-
-
-def _parse(when: datetime | str | None) -> datetime | None:
-    if when is None or when == "":
-        return None
-    value = datetime.fromisoformat(when) if isinstance(when, str) else when
-    return value if value.tzinfo is not None else value.replace(tzinfo=timezone.utc)
 
 
 class SettledBatches:
     """Which batches of a list read are newly settled, and how far the watermark may move (no I/O).
 
-    A batch is emitted when it settles under the criteria and its ``last_updated_at`` is after the
-    watermark; emitted ones are remembered until the watermark passes them. The watermark moves to
-    the latest emitted change, but never past a batch still running (it will change again) nor to
-    less than :data:`CLOCK_SKEW` before the round started.
+    The watermark moves to the latest emitted change, never past a batch still running nor closer
+    than :data:`CLOCK_SKEW` to the round's start; emitted ones are remembered until it passes them.
     """
 
     def __init__(self, criteria: WaitCriteria, since: datetime) -> None:
         self.criteria = criteria
         self.since = since
-        self.emitted: set[tuple[str, str | None]] = set()
+        self.emitted: set[tuple[str, datetime]] = set()
 
     def take(self, batches: list[CallBatch], round_started: float) -> list[dict[str, Any]]:
         events = []
@@ -94,23 +74,23 @@ class SettledBatches:
                 continue
             if changed is None or changed <= self.since:
                 continue
-            key = (batch.id, _iso(changed))
+            key = (batch.id, changed)
             if key not in self.emitted:
                 self.emitted.add(key)
                 events.append(settled_event(batch, outcome))
             latest = max(latest, changed)
         self.since = max(self.since, min(latest, ceiling))
-        self.emitted = {key for key in self.emitted if key[1] is None or _parse(key[1]) > self.since}  # type: ignore[operator]
+        self.emitted = {key for key in self.emitted if key[1] > self.since}
         return events
 
 
-class CallBatchEventTrigger(BaseEventTrigger):
+class CallBatchEventTrigger(CartesiaHookMixin, BaseEventTrigger):
     """Emit one event per call batch that settles: for ``AssetWatcher``, to run a DAG per settled batch.
 
     Payload: ``batch_id``, ``agent_id``, ``name``, ``status``, ``outcome`` (``success`` or
-    ``failure`` by ``success_statuses``/``failure_statuses``), the ``total_calls_*`` counters,
-    ``retry_count`` and ``last_updated_at``. Runs forever; failed reads are logged and retried with
-    a growing interval; a refused key or request (401, 403, 400) ends it with an error.
+    ``failure``, the wait's words), the ``total_calls_*`` counters, ``retry_count`` and
+    ``last_updated_at``. Runs forever; failed reads are retried with a growing interval; a refused
+    key or request (401, 403, 400) ends it with an error.
 
     :param agent_id: watch this agent's batches; None: every batch the connection's key sees.
     :param cartesia_conn_id: the Airflow connection; only its id is stored.
@@ -128,9 +108,9 @@ class CallBatchEventTrigger(BaseEventTrigger):
         cartesia_conn_id: str = DEFAULT_CONN_ID,
         poll_interval: float = 60.0,
         since: datetime | str | None = None,
-        wait_for: WaitFor = "finished",
-        success_statuses: Collection[str] = DEFAULT_SUCCESS_STATUSES,
-        failure_statuses: Collection[str] = DEFAULT_FAILURE_STATUSES,
+        wait_for: WaitFor = WaitCriteria.wait_for,
+        success_statuses: Collection[str] = WaitCriteria.success_statuses,
+        failure_statuses: Collection[str] = WaitCriteria.failure_statuses,
         max_pages: int = MAX_LIST_PAGES,
     ) -> None:
         super().__init__()
@@ -139,7 +119,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
         self.agent_id = agent_id or None
         self.cartesia_conn_id = cartesia_conn_id
         self.poll_interval = float(poll_interval)
-        self.since = _parse(since)
+        self.since = aware_datetime(since, "since")
         self.criteria = WaitCriteria.of(wait_for, success_statuses, failure_statuses)
         self.max_pages = int(max_pages)
 
@@ -150,7 +130,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
                 "agent_id": self.agent_id,
                 "cartesia_conn_id": self.cartesia_conn_id,
                 "poll_interval": self.poll_interval,
-                "since": _iso(self.since),
+                "since": self.since.isoformat() if self.since else None,
                 "wait_for": self.criteria.wait_for,
                 "success_statuses": list(self.criteria.success_statuses),
                 "failure_statuses": list(self.criteria.failure_statuses),
@@ -189,12 +169,6 @@ class CallBatchEventTrigger(BaseEventTrigger):
 
     # -- I/O ----------------------------------------------------------------------------------------
 
-    @cached_property
-    def hook(self) -> CartesiaHook:
-        from airflow_provider_cartesia.hooks.cartesia import CartesiaHook
-
-        return CartesiaHook(self.cartesia_conn_id)
-
     def _now(self) -> float:
         return time.time()
 
@@ -208,7 +182,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
             try:
                 batches = await self._read_list(started)
             except CartesiaError as exc:
-                if is_fatal(exc):
+                if is_permanent(exc):
                     raise
                 failures += 1
                 self.log.warning("Reading the call batch list failed (%d in a row): %s", failures, exc)
@@ -240,7 +214,7 @@ class CallBatchEventTrigger(BaseEventTrigger):
         store = asset_state_store(self)
         if store is not None:
             try:
-                stored = _parse(await store.aget(WATERMARK_KEY))
+                stored = aware_datetime(await store.aget(WATERMARK_KEY), WATERMARK_KEY)
             except (ValueError, TypeError, KeyError) as exc:
                 self.log.warning("Could not read the watermark from the asset's state store: %s", exc)
         candidates = [w for w in (self.since, stored) if w is not None]
@@ -255,6 +229,6 @@ class CallBatchEventTrigger(BaseEventTrigger):
         if store is None:
             return
         try:
-            await store.aset(WATERMARK_KEY, _iso(since))
+            await store.aset(WATERMARK_KEY, since.isoformat())
         except (ValueError, TypeError, KeyError) as exc:
             self.log.warning("Could not store the watermark in the asset's state store: %s", exc)

@@ -1,9 +1,5 @@
-"""Requests to Cartesia and what their answers mean, free of any HTTP library.
-
-Both funnels of the hook (requests in tasks, httpx in triggers) build their requests with
-:class:`ApiCall`, read answers with :class:`BodyReader` (the body, or the error it means) and ask
-:func:`should_retry` and :func:`retry_delay`; only the socket I/O is written twice.
-"""
+"""Requests to Cartesia and what their answers mean, free of any HTTP library: both funnels of the hook
+(requests, httpx) share everything here and write only the socket I/O twice."""
 
 from __future__ import annotations
 
@@ -50,11 +46,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 MAX_MAX_RETRIES = 10
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""64 MiB: a 5,000-recipient batch is a few MB (1.3 MB from the simulator)."""
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a 5,000-recipient batch is a few MB
 MIN_MAX_RESPONSE_BYTES = 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
-"""An error body is only quoted (300 characters), so no more than this is read of one."""
+MAX_ERROR_BODY_BYTES = 64 * 1024  # an error body is only quoted (MAX_BODY_CHARS)
 MAX_BODY_CHARS = 300
 READ_CHUNK_BYTES = 64 * 1024
 USER_AGENT = f"airflow-provider-cartesia/{VERSION}"
@@ -62,8 +56,7 @@ USER_AGENT = f"airflow-provider-cartesia/{VERSION}"
 DEFAULT_MAX_RETRIES = 4
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-MAX_RETRY_AFTER = 60.0
-"""A server asking for longer is better served by the wait's own poll interval than by a blocked call."""
+MAX_RETRY_AFTER = 60.0  # longer is the wait's poll interval's job, not a blocked call's
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}")
 _UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\@?#]")
@@ -75,6 +68,7 @@ _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
 
 ModelT = TypeVar("ModelT")
+ErrorT = TypeVar("ErrorT", bound=CartesiaAPIError)
 
 
 @dataclass(frozen=True)
@@ -227,11 +221,8 @@ def _number(conn_id: str, name: str, value: Any, default: float) -> float:
     """An extra that must be a finite number (a JSON number or its text); ``default`` when unset."""
     if value is None or value == "":
         return float(default)
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
+    number = None if isinstance(value, bool) else _finite(value)
+    if number is None:
         raise CartesiaConfigError(
             f"Connection '{conn_id}': extra '{name}' must be a finite number, got {redact(str(value))[:40]!r}"
         )
@@ -307,23 +298,21 @@ class ApiCall:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def transport_error(self, exc: BaseException, what: str, *, sent: bool) -> CartesiaTransportError:
+    def error(self, cls: type[ErrorT], message: str, **details: Any) -> ErrorT:
+        """An error of ``cls`` about this request."""
+        return cls(message, method=self.method, path=self.path, conn_id=self.settings.conn_id, **details)
+
+    def transport_error(self, exc: BaseException, what: str, *, sent: bool = True) -> CartesiaTransportError:
         """No answer; a dialing request that may have arrived becomes 'outcome unknown' (never resent)."""
         cls = CartesiaTransportError if self.idempotent or not sent else CartesiaCreateOutcomeUnknownError
-        message = f"{what} ({type(exc).__name__}, base URL {self.settings.base_url})"
-        return cls(message, sent=sent, method=self.method, path=self.path, conn_id=self.settings.conn_id)
+        return self.error(cls, f"{what} ({type(exc).__name__}, base URL {self.settings.base_url})", sent=sent)
 
     def deadline_passed(self, exc: BaseException) -> CartesiaTransportError:
-        what = (
-            f"no complete answer within the {self.settings.deadline:g} s deadline (connect plus read timeout); "
-            "the server kept the connection busy without finishing"
-        )
-        return self.transport_error(exc, what, sent=True)
+        what = f"no complete answer within the {self.settings.deadline:g} s deadline (connect plus read timeout)"
+        return self.transport_error(exc, what + "; the server kept the connection busy without finishing")
 
     def read_timeout(self, exc: BaseException) -> CartesiaTransportError:
-        return self.transport_error(
-            exc, f"no response within the {self.settings.read_timeout:g} s read timeout", sent=True
-        )
+        return self.transport_error(exc, f"no response within the {self.settings.read_timeout:g} s read timeout")
 
 
 def _query_value(value: Any) -> str:
@@ -387,25 +376,17 @@ class BodyReader:
         room = self.limit - self.size
         if len(data) > room:
             if not self.truncate:
-                raise CartesiaResponseTooLargeError(
+                raise self.call.error(
+                    CartesiaResponseTooLargeError,
                     f"the answer is larger than the connection's max_response_bytes ({self.limit:,} bytes "
                     "decoded); reading stopped there",
-                    method=self.call.method,
-                    path=self.call.path,
-                    conn_id=self.call.settings.conn_id,
                 )
             data = data[:room]
         self.size += len(data)
         self._parts.append(data)
 
     def _unreadable(self, reason: str) -> CartesiaResponseError:
-        call = self.call
-        return CartesiaResponseError(
-            f"the body could not be decoded: {reason}",
-            method=call.method,
-            path=call.path,
-            conn_id=call.settings.conn_id,
-        )
+        return self.call.error(CartesiaResponseError, f"the body could not be decoded: {reason}")
 
     def result(self) -> bytes:
         """The body of a 2xx answer; any other status raises its error."""
@@ -416,33 +397,30 @@ class BodyReader:
         parts = describe_error_body(content, headers.get("content-type"), (call.settings.api_key,))
         if self.status_code < 400:
             parts["message"] = f"unexpected redirect ({_shown_location(headers, call.settings)}); check the base URL"
-        raise error_class(self.status_code)(
+        raise call.error(
+            error_class(self.status_code),
             parts.pop("message") or "(empty body)",
             status_code=self.status_code,
             **parts,
-            method=call.method,
-            path=call.path,
-            conn_id=call.settings.conn_id,
             retry_after=parse_retry_after(headers),
             should_retry_header=parse_should_retry(headers),
         )
 
 
+_STATUS_ERRORS: dict[int, type[CartesiaAPIError]] = {
+    400: CartesiaBadRequestError,
+    422: CartesiaBadRequestError,
+    401: CartesiaAuthError,
+    403: CartesiaAuthError,
+    402: CartesiaPaymentRequiredError,
+    404: CartesiaNotFoundError,
+    429: CartesiaRateLimitError,
+}
+
+
 def error_class(status_code: int) -> type[CartesiaAPIError]:
     """The one map from an HTTP error status to its exception class."""
-    if status_code in (400, 422):
-        return CartesiaBadRequestError
-    if status_code in (401, 403):
-        return CartesiaAuthError
-    if status_code == 402:
-        return CartesiaPaymentRequiredError
-    if status_code == 404:
-        return CartesiaNotFoundError
-    if status_code == 429:
-        return CartesiaRateLimitError
-    if status_code >= 500:
-        return CartesiaServerError
-    return CartesiaAPIError
+    return _STATUS_ERRORS.get(status_code) or (CartesiaServerError if status_code >= 500 else CartesiaAPIError)
 
 
 def describe_error_body(body: bytes, content_type: str | None, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -507,9 +485,9 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER else None
 
 
-def _finite(value: str | None) -> float | None:
+def _finite(value: Any) -> float | None:
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None

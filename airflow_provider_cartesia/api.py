@@ -13,6 +13,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -263,27 +264,21 @@ class ApiCall:
     settings: ApiSettings
     method: str
     path: str
-    params: dict[str, str] | None = None
-    data: bytes | None = None
+    params: Mapping[str, Any] | None = None
+    body: Any = None
     idempotent: bool = True
-
-    @classmethod
-    def of(
-        cls,
-        settings: ApiSettings,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        idempotent: bool = True,
-    ) -> ApiCall:
-        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None} or None
-        data = None if body is None else json.dumps(body, default=_json_default).encode()
-        return cls(settings, method, path, query, data, idempotent)
 
     @property
     def url(self) -> str:
         return self.settings.base_url + self.path
+
+    @cached_property
+    def query(self) -> dict[str, str] | None:
+        return {k: _query_value(v) for k, v in (self.params or {}).items() if v is not None} or None
+
+    @cached_property
+    def data(self) -> bytes | None:
+        return None if self.body is None else json.dumps(self.body, default=_json_default).encode()
 
     def headers(self) -> dict[str, str]:
         """Headers of the request (gzip is the only content coding asked for)."""

@@ -184,7 +184,7 @@ class CartesiaHook(BaseHook):
                 response = self.session.request(
                     call.method,
                     call.url,
-                    params=call.params,
+                    params=call.query,
                     data=call.data,
                     headers=call.headers(),
                     timeout=(settings.connect_timeout, settings.read_timeout),
@@ -219,7 +219,7 @@ class CartesiaHook(BaseHook):
             request = client.build_request(
                 call.method,
                 call.url,
-                params=call.params,
+                params=call.query,
                 headers=call.headers(),
                 timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
             )
@@ -257,13 +257,13 @@ class CartesiaHook(BaseHook):
         answer_id: str | None = None,
     ) -> ModelT:
         """One request parsed into ``model``; with ``answer_id``, only an answer about that object."""
-        content = self._send(ApiCall.of(self.settings, method, path, params, body, idempotent))
+        content = self._send(ApiCall(self.settings, method, path, params, body, idempotent))
         return self._parsed(model, content, method, path, answer_id)
 
     async def _acall(
         self, model: type[ModelT], path: str, *, params: Mapping[str, Any] | None = None, answer_id: str | None = None
     ) -> ModelT:
-        content = await self._asend(ApiCall.of(await self.asettings(), "GET", path, params))
+        content = await self._asend(ApiCall(await self.asettings(), "GET", path, params))
         return self._parsed(model, content, "GET", path, answer_id)
 
     def _parsed(self, model: type[ModelT], content: bytes, method: str, path: str, answer_id: str | None) -> ModelT:
@@ -433,7 +433,7 @@ class CartesiaHook(BaseHook):
         """One authenticated read; on failure, say what to fix (key, host or version)."""
         try:
             settings = self.settings
-            self._send(ApiCall.of(settings, "GET", BATCHES, {"limit": 1}))
+            self._send(ApiCall(settings, "GET", BATCHES, {"limit": 1}))
         except CartesiaAuthError as exc:
             return False, (
                 f"Cartesia refused the API key (HTTP {exc.status_code}). Put a current, non-admin key "

@@ -68,7 +68,7 @@ ASYNC_CLIENT_CONNECTIONS = 8
 """Per event loop, up to 16 small httpx clients (per direct/proxied) taken in turn: httpcore's pool work grows
 with connections x queued requests (docs/benchmarks.md)."""
 
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, dict[int, httpx.AsyncClient]]] = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[bool, int], httpx.AsyncClient]] = (
     weakref.WeakKeyDictionary()
 )
 _turns = itertools.count()
@@ -127,8 +127,7 @@ class CartesiaHook(BaseHook):
         import requests  # about 70 ms that DAG parsing never needs
 
         session = requests.Session()
-        session.trust_env = True  # HTTPS_PROXY and REQUESTS_CA_BUNDLE
-        session.auth = _no_netrc
+        session.auth = _no_netrc  # trust_env stays: HTTPS_PROXY and REQUESTS_CA_BUNDLE, but never .netrc
         adapter = _make_deadline_adapter()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -215,22 +214,17 @@ class CartesiaHook(BaseHook):
         started = time.monotonic()
 
         async def exchange() -> BodyReader:
-            client = _async_client(settings.direct)
-            request = client.build_request(
+            async with _async_client(settings.direct).stream(
                 call.method,
                 call.url,
                 params=call.query,
                 headers=call.headers(),
                 timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-            )
-            response = await client.send(request, stream=True)
-            try:
+            ) as response:
                 reader = BodyReader(call, response.status_code, response.headers)
                 async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
                     if reader.feed(chunk):
                         break
-            finally:
-                await response.aclose()
             return reader
 
         try:
@@ -242,7 +236,7 @@ class CartesiaHook(BaseHook):
         except asyncio.TimeoutError as exc:
             raise call.deadline_passed(exc) from exc
         except httpx.HTTPError as exc:
-            raise call.transport_error(exc, "the connection dropped before a response arrived", sent=True) from exc
+            raise call.transport_error(exc, "the connection dropped before a response arrived") from exc
         return self._result(reader, started)
 
     def _call(
@@ -589,12 +583,12 @@ def _async_client(direct: bool) -> httpx.AsyncClient:
     if loop not in _ASYNC_CLIENTS:
         for closed in [other for other in _ASYNC_CLIENTS if other.is_closed()]:
             del _ASYNC_CLIENTS[closed]  # their connections died with it
-    clients = _ASYNC_CLIENTS.setdefault(loop, {}).setdefault(direct, {})
-    turn = next(_turns) % ASYNC_CLIENTS
+    clients = _ASYNC_CLIENTS.setdefault(loop, {})
+    turn = (direct, next(_turns) % ASYNC_CLIENTS)
     if turn not in clients or clients[turn].is_closed:
-        limits = httpx.Limits(
-            max_connections=ASYNC_CLIENT_CONNECTIONS, max_keepalive_connections=ASYNC_CLIENT_CONNECTIONS
+        size = ASYNC_CLIENT_CONNECTIONS
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        clients[turn] = httpx.AsyncClient(
+            limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct
         )
-        client = httpx.AsyncClient(limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct)
-        clients[turn] = client
     return clients[turn]

@@ -428,14 +428,13 @@ def describe_error_body(body: bytes, content_type: str | None, secrets: tuple[st
     except ValueError:
         data = None
     if isinstance(data, dict):
+        if data.get("message") is None:
+            data["message"] = data.get("detail") or data.get("error") or text
         for key in parts:
             value = data.get(key)
             parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
         if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
             parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
-        if parts["message"] is None:
-            detail = data.get("detail") or data.get("error") or text
-            parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]
         return parts
     if "html" in (content_type or "").lower() or text[:1] == "<":
         match = _HTML_TITLE.search(text)

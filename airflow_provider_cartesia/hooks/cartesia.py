@@ -411,12 +411,10 @@ class CartesiaHook(BaseHook):
                     return
                 cursor = page.next_page or page.data[-1].id
                 if cursor in cursors:
-                    raise CartesiaResponseError(
+                    raise ApiCall(self.settings, "GET", path).error(
+                        CartesiaResponseError,
                         f"the list's page cursor {redact(str(cursor))[:80]!r} came back a second time, so the "
                         f"list would never end; stopped after {len(cursors) + 1} pages",
-                        method="GET",
-                        path=path,
-                        conn_id=self.cartesia_conn_id,
                     )
                 cursors.add(cursor)
                 query["starting_after"] = cursor

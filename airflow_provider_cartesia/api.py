@@ -158,10 +158,8 @@ def normalize_base_url(host: str | None, port: int | None = None, conn_id: str =
             "addresses such as the bundled simulator)"
         )
     parts = urlsplit(raw)
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+    port_part = f":{port}" if port and parts.port is None else ""
+    return f"{parts.scheme}://{parts.netloc}{port_part}{parts.path.rstrip('/')}"
 
 
 def settings_from_connection(conn: Any, *, timeout: float | None = None, max_retries: int | None = None) -> ApiSettings:

@@ -499,7 +499,8 @@ class _Deadline:
     """An overall deadline for one sync request (a server trickling bytes never trips a read timeout): when
     it passes, a timer shuts down the sockets this thread sent on meanwhile, ending a blocked read at once."""
 
-    _active = threading.local()
+    active = threading.local()
+    """``active.connections``: where this thread's connections go while a deadline runs."""
 
     def __init__(self, seconds: float) -> None:
         self.expired = self._done = False
@@ -510,11 +511,11 @@ class _Deadline:
 
     def __enter__(self) -> _Deadline:
         self._timer.start()
-        _Deadline._active.current = self
+        _Deadline.active.connections = self.connections
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _Deadline._active.current = None
+        del _Deadline.active.connections
         with self._lock:  # an answer read in full is never cut afterwards
             self._done = True
         self._timer.cancel()
@@ -529,12 +530,6 @@ class _Deadline:
                 with contextlib.suppress(OSError):
                     socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the plain method, also under TLS
 
-    @classmethod
-    def watch(cls, conn: Any) -> None:
-        current = getattr(cls._active, "current", None)
-        if current is not None:
-            current.connections.append(conn)
-
 
 def _make_deadline_adapter() -> Any:
     """requests' adapter whose pools (direct or through a proxy) register connections with :class:`_Deadline`."""
@@ -544,7 +539,7 @@ def _make_deadline_adapter() -> Any:
     def watched(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
         class Connection(pool.ConnectionCls):  # type: ignore[name-defined]
             def request(self, *args: Any, **kwargs: Any) -> None:
-                _Deadline.watch(self)
+                getattr(_Deadline.active, "connections", []).append(self)
                 super().request(*args, **kwargs)
 
         return type(pool.__name__, (pool,), {"ConnectionCls": Connection})

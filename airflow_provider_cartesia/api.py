@@ -111,7 +111,8 @@ def is_loopback(host: str) -> bool:
 def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
     """``(scheme, host)`` of a URL from the connection, refused unless urllib, urllib3 and httpx read the
     same host (see docs/security.md). The URL is never quoted back: it may hold a key."""
-    from urllib3.util import parse_url  # this module loads with get_provider_info: kept light
+    import httpx  # this module loads with get_provider_info: kept light
+    from urllib3.util import parse_url
 
     if _UNSAFE_URL_CHARS.search(raw):
         raise CartesiaConfigError(
@@ -122,9 +123,9 @@ def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
     parts = urlsplit(raw)
     try:
         host = (parts.hostname or "").lower()
-        readings = {host, (parse_url(raw).host or "").strip("[]").lower(), _httpx_host(raw)}
+        readings = {host, (parse_url(raw).host or "").strip("[]").lower(), httpx.URL(raw).host.lower()}
         parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
+    except (httpx.InvalidURL, ValueError):
         readings = set()
     if parts.scheme not in ("http", "https") or not host or len(readings) != 1:
         raise CartesiaConfigError(
@@ -132,15 +133,6 @@ def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
             f"leave the host empty for {DEFAULT_BASE_URL}"
         )
     return parts.scheme, host
-
-
-def _httpx_host(url: str) -> str:
-    import httpx  # this module loads with get_provider_info: kept light
-
-    try:
-        return httpx.URL(url).host.lower()
-    except (httpx.InvalidURL, ValueError):
-        return ""
 
 
 def normalize_base_url(host: str | None, port: int | None = None, conn_id: str = "") -> str:

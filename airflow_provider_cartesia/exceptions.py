@@ -71,16 +71,13 @@ class CartesiaAPIError(CartesiaError):
         self.conn_id = conn_id
         self.retry_after = retry_after
         self.should_retry_header = should_retry_header
-        super().__init__(self._render())
-
-    def _render(self) -> str:
         where = f"{self.method} {self.path}" if self.method and self.path else "Cartesia request"
         status = f" returned HTTP {self.status_code}" if self.status_code is not None else " failed"
         code = f" [{self.error_code}]" if self.error_code else ""
         title = f" {self.title}:" if self.title and self.title not in self.message else ""
         request = f" (request_id {self.request_id})" if self.request_id else ""
         hint = self._hint()
-        return f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else "")
+        super().__init__(f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else ""))
 
     def _hint(self) -> str:
         return self.hint

@@ -284,7 +284,6 @@ class ApiCall:
         return headers
 
     def error(self, cls: type[ErrorT], message: str, **details: Any) -> ErrorT:
-        """An error of ``cls`` about this request."""
         return cls(message, method=self.method, path=self.path, conn_id=self.settings.conn_id, **details)
 
     def transport_error(self, exc: BaseException, what: str, *, sent: bool = True) -> CartesiaTransportError:

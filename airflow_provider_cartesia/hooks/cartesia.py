@@ -485,8 +485,7 @@ def _requests_failure(call: ApiCall, exc: BaseException) -> CartesiaTransportErr
     return call.transport_error(exc, "the connection dropped before a response arrived")
 
 
-_NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}
-"""requests' per-request proxies that override the environment's: loopback never goes through a proxy."""
+_NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}  # overrides the environment's
 
 
 def _no_netrc(request: Any) -> Any:

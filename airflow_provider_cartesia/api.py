@@ -1,9 +1,5 @@
-"""Requests to Cartesia and what their answers mean, free of any HTTP library.
-
-Both funnels of the hook (requests in tasks, httpx in triggers) build their requests with
-:class:`ApiCall`, read answers with :class:`BodyReader` (the body, or the error it means) and ask
-:func:`should_retry` and :func:`retry_delay`; only the socket I/O is written twice.
-"""
+"""Requests to Cartesia and what their answers mean, free of any HTTP library: both funnels of the hook
+(requests, httpx) share everything here and write only the socket I/O twice."""
 
 from __future__ import annotations
 
@@ -17,6 +13,7 @@ import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import quote, urlsplit
 
@@ -50,11 +47,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_READ_TIMEOUT = 60.0
 MAX_TIMEOUT = 3600.0
 MAX_MAX_RETRIES = 10
-DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
-"""64 MiB: a 5,000-recipient batch is a few MB (1.3 MB from the simulator)."""
+DEFAULT_MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # a 5,000-recipient batch is a few MB
 MIN_MAX_RESPONSE_BYTES = 1024 * 1024
-MAX_ERROR_BODY_BYTES = 64 * 1024
-"""An error body is only quoted (300 characters), so no more than this is read of one."""
+MAX_ERROR_BODY_BYTES = 64 * 1024  # an error body is only quoted (MAX_BODY_CHARS)
 MAX_BODY_CHARS = 300
 READ_CHUNK_BYTES = 64 * 1024
 USER_AGENT = f"airflow-provider-cartesia/{VERSION}"
@@ -62,8 +57,7 @@ USER_AGENT = f"airflow-provider-cartesia/{VERSION}"
 DEFAULT_MAX_RETRIES = 4
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
-MAX_RETRY_AFTER = 60.0
-"""A server asking for longer is better served by the wait's own poll interval than by a blocked call."""
+MAX_RETRY_AFTER = 60.0  # longer is the wait's poll interval's job, not a blocked call's
 
 _ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:\-]{0,255}")
 _UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f-\x9f\\@?#]")
@@ -75,6 +69,7 @@ _TAGS = re.compile(r"<[^>]+>")
 _SPACES = re.compile(r"\s+")
 
 ModelT = TypeVar("ModelT")
+ErrorT = TypeVar("ErrorT", bound=CartesiaAPIError)
 
 
 @dataclass(frozen=True)
@@ -116,7 +111,8 @@ def is_loopback(host: str) -> bool:
 def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
     """``(scheme, host)`` of a URL from the connection, refused unless urllib, urllib3 and httpx read the
     same host (see docs/security.md). The URL is never quoted back: it may hold a key."""
-    from urllib3.util import parse_url  # this module loads with get_provider_info: kept light
+    import httpx  # this module loads with get_provider_info: kept light
+    from urllib3.util import parse_url
 
     if _UNSAFE_URL_CHARS.search(raw):
         raise CartesiaConfigError(
@@ -127,9 +123,9 @@ def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
     parts = urlsplit(raw)
     try:
         host = (parts.hostname or "").lower()
-        readings = {host, (parse_url(raw).host or "").strip("[]").lower(), _httpx_host(raw)}
+        readings = {host, (parse_url(raw).host or "").strip("[]").lower(), httpx.URL(raw).host.lower()}
         parts.port  # noqa: B018 - raises on a port that is not a number
-    except ValueError:
+    except (httpx.InvalidURL, ValueError):
         readings = set()
     if parts.scheme not in ("http", "https") or not host or len(readings) != 1:
         raise CartesiaConfigError(
@@ -137,15 +133,6 @@ def checked_url(raw: str, what: str, conn_id: str) -> tuple[str, str]:
             f"leave the host empty for {DEFAULT_BASE_URL}"
         )
     return parts.scheme, host
-
-
-def _httpx_host(url: str) -> str:
-    import httpx  # this module loads with get_provider_info: kept light
-
-    try:
-        return httpx.URL(url).host.lower()
-    except (httpx.InvalidURL, ValueError):
-        return ""
 
 
 def normalize_base_url(host: str | None, port: int | None = None, conn_id: str = "") -> str:
@@ -163,10 +150,8 @@ def normalize_base_url(host: str | None, port: int | None = None, conn_id: str =
             "addresses such as the bundled simulator)"
         )
     parts = urlsplit(raw)
-    netloc = parts.netloc
-    if port and parts.port is None:
-        netloc = f"{netloc}:{port}"
-    return f"{parts.scheme}://{netloc}{parts.path.rstrip('/')}"
+    port_part = f":{port}" if port and parts.port is None else ""
+    return f"{parts.scheme}://{parts.netloc}{port_part}{parts.path.rstrip('/')}"
 
 
 def settings_from_connection(conn: Any, *, timeout: float | None = None, max_retries: int | None = None) -> ApiSettings:
@@ -227,11 +212,8 @@ def _number(conn_id: str, name: str, value: Any, default: float) -> float:
     """An extra that must be a finite number (a JSON number or its text); ``default`` when unset."""
     if value is None or value == "":
         return float(default)
-    try:
-        number = math.nan if isinstance(value, bool) else float(value)
-    except (TypeError, ValueError):
-        number = math.nan
-    if not math.isfinite(number):
+    number = None if isinstance(value, bool) else _finite(value)
+    if number is None:
         raise CartesiaConfigError(
             f"Connection '{conn_id}': extra '{name}' must be a finite number, got {redact(str(value))[:40]!r}"
         )
@@ -272,27 +254,21 @@ class ApiCall:
     settings: ApiSettings
     method: str
     path: str
-    params: dict[str, str] | None = None
-    data: bytes | None = None
+    params: Mapping[str, Any] | None = None
+    body: Any = None
     idempotent: bool = True
-
-    @classmethod
-    def of(
-        cls,
-        settings: ApiSettings,
-        method: str,
-        path: str,
-        params: Mapping[str, Any] | None = None,
-        body: Any = None,
-        idempotent: bool = True,
-    ) -> ApiCall:
-        query = {k: _query_value(v) for k, v in (params or {}).items() if v is not None} or None
-        data = None if body is None else json.dumps(body, default=_json_default).encode()
-        return cls(settings, method, path, query, data, idempotent)
 
     @property
     def url(self) -> str:
         return self.settings.base_url + self.path
+
+    @cached_property
+    def query(self) -> dict[str, str] | None:
+        return {k: _query_value(v) for k, v in (self.params or {}).items() if v is not None} or None
+
+    @cached_property
+    def data(self) -> bytes | None:
+        return None if self.body is None else json.dumps(self.body, default=_json_default).encode()
 
     def headers(self) -> dict[str, str]:
         """Headers of the request (gzip is the only content coding asked for)."""
@@ -307,23 +283,20 @@ class ApiCall:
             headers["Content-Type"] = "application/json"
         return headers
 
-    def transport_error(self, exc: BaseException, what: str, *, sent: bool) -> CartesiaTransportError:
+    def error(self, cls: type[ErrorT], message: str, **details: Any) -> ErrorT:
+        return cls(message, method=self.method, path=self.path, conn_id=self.settings.conn_id, **details)
+
+    def transport_error(self, exc: BaseException, what: str, *, sent: bool = True) -> CartesiaTransportError:
         """No answer; a dialing request that may have arrived becomes 'outcome unknown' (never resent)."""
         cls = CartesiaTransportError if self.idempotent or not sent else CartesiaCreateOutcomeUnknownError
-        message = f"{what} ({type(exc).__name__}, base URL {self.settings.base_url})"
-        return cls(message, sent=sent, method=self.method, path=self.path, conn_id=self.settings.conn_id)
+        return self.error(cls, f"{what} ({type(exc).__name__}, base URL {self.settings.base_url})", sent=sent)
 
     def deadline_passed(self, exc: BaseException) -> CartesiaTransportError:
-        what = (
-            f"no complete answer within the {self.settings.deadline:g} s deadline (connect plus read timeout); "
-            "the server kept the connection busy without finishing"
-        )
-        return self.transport_error(exc, what, sent=True)
+        what = f"no complete answer within the {self.settings.deadline:g} s deadline (connect plus read timeout)"
+        return self.transport_error(exc, what + "; the server kept the connection busy without finishing")
 
     def read_timeout(self, exc: BaseException) -> CartesiaTransportError:
-        return self.transport_error(
-            exc, f"no response within the {self.settings.read_timeout:g} s read timeout", sent=True
-        )
+        return self.transport_error(exc, f"no response within the {self.settings.read_timeout:g} s read timeout")
 
 
 def _query_value(value: Any) -> str:
@@ -387,25 +360,17 @@ class BodyReader:
         room = self.limit - self.size
         if len(data) > room:
             if not self.truncate:
-                raise CartesiaResponseTooLargeError(
+                raise self.call.error(
+                    CartesiaResponseTooLargeError,
                     f"the answer is larger than the connection's max_response_bytes ({self.limit:,} bytes "
                     "decoded); reading stopped there",
-                    method=self.call.method,
-                    path=self.call.path,
-                    conn_id=self.call.settings.conn_id,
                 )
             data = data[:room]
         self.size += len(data)
         self._parts.append(data)
 
     def _unreadable(self, reason: str) -> CartesiaResponseError:
-        call = self.call
-        return CartesiaResponseError(
-            f"the body could not be decoded: {reason}",
-            method=call.method,
-            path=call.path,
-            conn_id=call.settings.conn_id,
-        )
+        return self.call.error(CartesiaResponseError, f"the body could not be decoded: {reason}")
 
     def result(self) -> bytes:
         """The body of a 2xx answer; any other status raises its error."""
@@ -416,33 +381,30 @@ class BodyReader:
         parts = describe_error_body(content, headers.get("content-type"), (call.settings.api_key,))
         if self.status_code < 400:
             parts["message"] = f"unexpected redirect ({_shown_location(headers, call.settings)}); check the base URL"
-        raise error_class(self.status_code)(
+        raise call.error(
+            error_class(self.status_code),
             parts.pop("message") or "(empty body)",
             status_code=self.status_code,
             **parts,
-            method=call.method,
-            path=call.path,
-            conn_id=call.settings.conn_id,
             retry_after=parse_retry_after(headers),
             should_retry_header=parse_should_retry(headers),
         )
 
 
+_STATUS_ERRORS: dict[int, type[CartesiaAPIError]] = {
+    400: CartesiaBadRequestError,
+    422: CartesiaBadRequestError,
+    401: CartesiaAuthError,
+    403: CartesiaAuthError,
+    402: CartesiaPaymentRequiredError,
+    404: CartesiaNotFoundError,
+    429: CartesiaRateLimitError,
+}
+
+
 def error_class(status_code: int) -> type[CartesiaAPIError]:
     """The one map from an HTTP error status to its exception class."""
-    if status_code in (400, 422):
-        return CartesiaBadRequestError
-    if status_code in (401, 403):
-        return CartesiaAuthError
-    if status_code == 402:
-        return CartesiaPaymentRequiredError
-    if status_code == 404:
-        return CartesiaNotFoundError
-    if status_code == 429:
-        return CartesiaRateLimitError
-    if status_code >= 500:
-        return CartesiaServerError
-    return CartesiaAPIError
+    return _STATUS_ERRORS.get(status_code) or (CartesiaServerError if status_code >= 500 else CartesiaAPIError)
 
 
 def describe_error_body(body: bytes, content_type: str | None, secrets: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -455,14 +417,13 @@ def describe_error_body(body: bytes, content_type: str | None, secrets: tuple[st
     except ValueError:
         data = None
     if isinstance(data, dict):
+        if data.get("message") is None:
+            data["message"] = data.get("detail") or data.get("error") or text
         for key in parts:
             value = data.get(key)
             parts[key] = redact(str(value), secrets)[:MAX_BODY_CHARS] if value is not None else None
         if isinstance(data.get("request_id"), str) and _UUID.fullmatch(data["request_id"]):
             parts["request_id"] = data["request_id"]  # a UUID holds no phone number; kept whole for support
-        if parts["message"] is None:
-            detail = data.get("detail") or data.get("error") or text
-            parts["message"] = redact(str(detail), secrets)[:MAX_BODY_CHARS]
         return parts
     if "html" in (content_type or "").lower() or text[:1] == "<":
         match = _HTML_TITLE.search(text)
@@ -507,9 +468,9 @@ def parse_retry_after(headers: Mapping[str, str], now: datetime | None = None) -
     return seconds if seconds is not None and 0 <= seconds <= MAX_RETRY_AFTER else None
 
 
-def _finite(value: str | None) -> float | None:
+def _finite(value: Any) -> float | None:
     try:
-        number = float(value)  # type: ignore[arg-type]
+        number = float(value)
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None

@@ -1,20 +1,10 @@
-"""The same names on every supported Airflow release (3.0 to 3.3), so no other module imports by release:
+"""The same names on every supported Airflow release (3.0 to 3.3), so no other module imports by release.
 
-============================  ===========================  ==============================
-name                          3.2 and later                before 3.2
-============================  ===========================  ==============================
-``BaseHook``                  ``airflow.sdk``              ``airflow.sdk`` from 3.1;
-                                                           ``airflow.hooks.base`` on 3.0,
-                                                           with ``aget_connection`` added
-``conf``                      ``airflow.sdk``              ``airflow.configuration``
-``AirflowException`` and the  ``airflow.sdk.exceptions``   ``airflow.exceptions`` (the
-fail/skip/timeout/not-found                                task runner catches those)
-``TaskDeferred``              ``airflow.sdk.exceptions``   ``airflow.exceptions``
-``CronTriggerTimetable``      ``airflow.sdk``              ``airflow.timetables.trigger``
-============================  ===========================  ==============================
-
-``asset_state_store(trigger)`` is 3.3's store, ``None`` before. Where ``aget_connection`` is missing (3.0)
-or fails outside Airflow's own processes (3.1.0), the sync lookup runs in a worker thread.
+From 3.2, ``BaseHook``, ``conf``, ``CronTriggerTimetable`` come from ``airflow.sdk`` and the exceptions
+from ``airflow.sdk.exceptions``; before, from ``airflow.configuration``, ``airflow.exceptions`` and
+``airflow.timetables.trigger``. ``BaseHook`` is the SDK's on 3.1 and ``airflow.hooks.base``'s on 3.0, given
+an ``aget_connection`` that runs the sync lookup in a worker thread where it is missing (3.0) or fails
+outside Airflow's own processes (3.1.0). ``asset_state_store(trigger)`` is 3.3's store, ``None`` before.
 """
 
 from __future__ import annotations
@@ -81,7 +71,7 @@ def _base_hook() -> type:
         from airflow.sdk import BaseHook as SdkBaseHook
 
         class BaseHook31(SdkBaseHook):
-            """Airflow 3.1's BaseHook; 3.1.0's lookups fail without a supervisor channel (``dag.test()``)."""
+            """3.1.0's lookups fail without a supervisor channel (``dag.test()``)."""
 
             @classmethod
             def get_connection(cls, conn_id: str) -> Any:
@@ -110,7 +100,6 @@ def _base_hook() -> type:
 
         @classmethod
         async def aget_connection(cls, conn_id: str) -> Any:
-            # Airflow's own lookup in a worker thread: the event loop never waits on it.
             return await sync_to_async(CoreBaseHook.get_connection)(conn_id)
 
     return BaseHook30

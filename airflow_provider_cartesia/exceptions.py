@@ -1,28 +1,7 @@
-"""Errors raised by the Cartesia provider, as one rooted tree (statuses map to classes in :func:`api.error_class`).
-
-::
-
-    CartesiaError                        anything this provider raises on purpose
-    ├── CartesiaConfigError              the connection cannot be used as configured (no key, plain HTTP, ...)
-    ├── CartesiaInvalidIdError           an id that would escape its URL path segment (also a ValueError)
-    ├── CartesiaAPIError                 a request to Cartesia failed (status_code, error_code, title, ...)
-    │   ├── CartesiaBadRequestError      400, 422: the request is wrong; retrying cannot help
-    │   ├── CartesiaAuthError            401, 403: wrong key, admin key, or a resource of another org
-    │   ├── CartesiaPaymentRequiredError 402: usage or plan limit
-    │   ├── CartesiaNotFoundError        404
-    │   ├── CartesiaRateLimitError       429: concurrency limit; retried after Retry-After
-    │   ├── CartesiaServerError          5xx; retried
-    │   ├── CartesiaResponseError        a 2xx whose body is not JSON or does not fit the model
-    │   │   ├── CartesiaResponseTooLargeError  a body past the connection's max_response_bytes
-    │   │   └── CartesiaAnswerMismatchError    an answer about another batch or call than the one asked for
-    │   └── CartesiaTransportError       no HTTP response: connect failure, timeout, dropped connection
-    │       └── CartesiaCreateOutcomeUnknownError  a create that may have reached Cartesia; never resent
-    ├── CartesiaCancelError              some batches of a list could not be cancelled (the others were)
-    └── CartesiaWarehouseError           writing export rows to a SQL warehouse failed (batch, table, error kind)
-        └── CartesiaWarehouseSchemaError the table name is unsafe, or the table is missing or lacks columns
-
-:func:`is_permanent` is the one answer to "may asking again succeed?". Messages never carry the API key
-or phone numbers (:func:`redact`), nor a database driver's message about a write.
+"""Errors raised by the Cartesia provider, as one rooted tree (docs/troubleshooting.md draws it; statuses map
+to classes in :func:`api.error_class`). :func:`is_permanent` is the one answer to "may asking again
+succeed?". Messages never carry the API key or phone numbers (:func:`redact`), nor a database driver's
+message about a write.
 """
 
 from __future__ import annotations
@@ -66,8 +45,7 @@ class CartesiaAPIError(CartesiaError):
     :param should_retry_header: the server's ``x-should-retry``, when it sent one.
     """
 
-    hint = ""
-    """What the user can do about this error; empty when there is nothing to add."""
+    hint = ""  # what the user can do about this error
 
     def __init__(
         self,
@@ -93,16 +71,13 @@ class CartesiaAPIError(CartesiaError):
         self.conn_id = conn_id
         self.retry_after = retry_after
         self.should_retry_header = should_retry_header
-        super().__init__(self._render())
-
-    def _render(self) -> str:
         where = f"{self.method} {self.path}" if self.method and self.path else "Cartesia request"
         status = f" returned HTTP {self.status_code}" if self.status_code is not None else " failed"
         code = f" [{self.error_code}]" if self.error_code else ""
         title = f" {self.title}:" if self.title and self.title not in self.message else ""
         request = f" (request_id {self.request_id})" if self.request_id else ""
         hint = self._hint()
-        return f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else "")
+        super().__init__(f"{where}{status}{code}:{title} {self.message}{request}" + (f". {hint}" if hint else ""))
 
     def _hint(self) -> str:
         return self.hint
@@ -238,18 +213,13 @@ class CartesiaWarehouseSchemaError(CartesiaWarehouseError):
     """The table name is not a safe identifier, or the table is missing or lacks columns; retrying cannot help."""
 
 
-PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404, 422})
-"""A wrong request, key or id, or a plan limit: asking again cannot succeed (``x-should-retry`` is ignored)."""
-TRANSIENT_STATUSES = frozenset({408, 429})
-"""With every 5xx: the server may answer next time."""
+PERMANENT_STATUSES = frozenset({400, 401, 402, 403, 404, 422})  # whatever x-should-retry says
+TRANSIENT_STATUSES = frozenset({408, 429})  # and every 5xx
 
 
 def is_permanent(error: BaseException) -> bool:
-    """Whether asking again cannot succeed: the one classification, read by the hook's retries, the wait's
-    failure budget, the export and the cancel operator (the table is in docs/troubleshooting.md).
-
-    A non-:class:`CartesiaError` is a bug, not an outage: neither permanent nor transient.
-    """
+    """Whether asking again cannot succeed (the table is in docs/troubleshooting.md); a non-:class:`CartesiaError`
+    is a bug, not an outage: neither permanent nor transient."""
     if isinstance(
         error,
         (

@@ -51,8 +51,7 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": f"{_PKG}.hooks.cartesia.CartesiaHook",
                 "hook-name": "Cartesia",
                 "ui-field-behaviour": {
-                    # Airflow 3's form always shows the raw Extra box (it cannot be hidden); the port is
-                    # unused (a port goes into the Base URL).
+                    # The port goes into the Base URL. (Airflow 3 always shows the raw Extra box.)
                     "hidden-fields": ["schema", "login", "port"],
                     "relabeling": {"host": "Base URL", "password": "API key"},
                     "placeholders": {"host": DEFAULT_BASE_URL, "password": "sk_car_..."},

@@ -1,9 +1,5 @@
-"""CartesiaHook: the one place that speaks HTTP to Cartesia.
-
-Every request goes through one funnel, :meth:`CartesiaHook._send` (requests, in tasks) or
-:meth:`CartesiaHook._asend` (httpx, in triggers); both build the request, read the answer and decide on
-retries with :mod:`airflow_provider_cartesia.api`. Only the socket I/O is written twice.
-"""
+"""CartesiaHook: the one place that speaks HTTP to Cartesia, through :meth:`CartesiaHook._send` (requests, in
+tasks) or :meth:`CartesiaHook._asend` (httpx, in triggers); everything else is :mod:`airflow_provider_cartesia.api`."""
 
 from __future__ import annotations
 
@@ -69,11 +65,10 @@ CALL = "/agents/calls/{call_id}"
 MAX_PAGE_SIZE = 100
 ASYNC_CLIENTS = 16
 ASYNC_CLIENT_CONNECTIONS = 8
-"""Each event loop has up to 16 small httpx clients (per direct/proxied), used in turn by every request:
-httpcore's pool does O(connections x queued requests) work per request, and one client of 32 connections
-took the list-walking triggers' p99 from 2.5 s to 3.5 s (docs/benchmarks.md)."""
+"""Per event loop, up to 16 small httpx clients (per direct/proxied) taken in turn: httpcore's pool work grows
+with connections x queued requests (docs/benchmarks.md)."""
 
-_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[bool, dict[int, httpx.AsyncClient]]] = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[bool, int], httpx.AsyncClient]] = (
     weakref.WeakKeyDictionary()
 )
 _turns = itertools.count()
@@ -132,7 +127,7 @@ class CartesiaHook(BaseHook):
         import requests  # about 70 ms that DAG parsing never needs
 
         session = requests.Session()
-        session.trust_env = True  # HTTPS_PROXY and REQUESTS_CA_BUNDLE; never .netrc: see _BearerAuth
+        session.auth = _no_netrc  # trust_env stays: HTTPS_PROXY and REQUESTS_CA_BUNDLE, but never .netrc
         adapter = _make_deadline_adapter()
         session.mount("http://", adapter)
         session.mount("https://", adapter)
@@ -141,8 +136,7 @@ class CartesiaHook(BaseHook):
     # -- the request funnel ----------------------------------------------------------------------
 
     def _retry_policy(self, call: ApiCall) -> dict[str, Any]:
-        """Tenacity's arguments for ``call``, shared by both funnels: ``api.should_retry`` decides, ``api.retry_delay``
-        waits, the connection bounds the retries."""
+        """Tenacity's arguments for ``call`` in both funnels: the policy is :mod:`airflow_provider_cartesia.api`'s."""
         from tenacity import retry_if_exception, stop_after_attempt  # only when a request is sent
 
         def wait(state: Any) -> float:
@@ -175,17 +169,13 @@ class CartesiaHook(BaseHook):
     def _send(self, call: ApiCall) -> bytes:
         from tenacity import Retrying
 
-        for attempt in Retrying(sleep=self._sleep, **self._retry_policy(call)):
-            with attempt:
-                return self._send_once(call)
-        raise AssertionError("unreachable: tenacity returns or re-raises")  # pragma: no cover
+        return Retrying(sleep=self._sleep, **self._retry_policy(call))(self._send_once, call)
 
     def _send_once(self, call: ApiCall) -> bytes:
         import requests  # with the session above
         from urllib3.exceptions import HTTPError as Urllib3Error
 
         settings = call.settings
-        headers = call.headers()
         started = time.monotonic()
         deadline = _Deadline(settings.deadline)
         try:
@@ -193,10 +183,9 @@ class CartesiaHook(BaseHook):
                 response = self.session.request(
                     call.method,
                     call.url,
-                    params=call.params,
+                    params=call.query,
                     data=call.data,
-                    headers=headers,
-                    auth=_BearerAuth(headers["Authorization"]),
+                    headers=call.headers(),
                     timeout=(settings.connect_timeout, settings.read_timeout),
                     allow_redirects=False,
                     stream=True,
@@ -214,13 +203,9 @@ class CartesiaHook(BaseHook):
         return self._result(reader, started)
 
     async def _asend(self, call: ApiCall) -> bytes:
-        """Async twin of :meth:`_send` on httpx, with the same decisions."""
         from tenacity import AsyncRetrying
 
-        async for attempt in AsyncRetrying(sleep=self._asleep, **self._retry_policy(call)):
-            with attempt:
-                return await self._asend_once(call)
-        raise AssertionError("unreachable: tenacity returns or re-raises")  # pragma: no cover
+        return await AsyncRetrying(sleep=self._asleep, **self._retry_policy(call))(self._asend_once, call)
 
     async def _asend_once(self, call: ApiCall) -> bytes:
         import httpx  # imported by airflow already; here for the exception classes
@@ -229,22 +214,17 @@ class CartesiaHook(BaseHook):
         started = time.monotonic()
 
         async def exchange() -> BodyReader:
-            client = _async_client(settings.direct)
-            request = client.build_request(
+            async with _async_client(settings.direct).stream(
                 call.method,
                 call.url,
-                params=call.params,
+                params=call.query,
                 headers=call.headers(),
                 timeout=httpx.Timeout(settings.read_timeout, connect=settings.connect_timeout),
-            )
-            response = await client.send(request, stream=True)
-            try:
+            ) as response:
                 reader = BodyReader(call, response.status_code, response.headers)
                 async for chunk in response.aiter_raw(READ_CHUNK_BYTES):
                     if reader.feed(chunk):
                         break
-            finally:
-                await response.aclose()
             return reader
 
         try:
@@ -256,7 +236,7 @@ class CartesiaHook(BaseHook):
         except asyncio.TimeoutError as exc:
             raise call.deadline_passed(exc) from exc
         except httpx.HTTPError as exc:
-            raise call.transport_error(exc, "the connection dropped before a response arrived", sent=True) from exc
+            raise call.transport_error(exc, "the connection dropped before a response arrived") from exc
         return self._result(reader, started)
 
     def _call(
@@ -271,13 +251,13 @@ class CartesiaHook(BaseHook):
         answer_id: str | None = None,
     ) -> ModelT:
         """One request parsed into ``model``; with ``answer_id``, only an answer about that object."""
-        content = self._send(ApiCall.of(self.settings, method, path, params, body, idempotent))
+        content = self._send(ApiCall(self.settings, method, path, params, body, idempotent))
         return self._parsed(model, content, method, path, answer_id)
 
     async def _acall(
         self, model: type[ModelT], path: str, *, params: Mapping[str, Any] | None = None, answer_id: str | None = None
     ) -> ModelT:
-        content = await self._asend(ApiCall.of(await self.asettings(), "GET", path, params))
+        content = await self._asend(ApiCall(await self.asettings(), "GET", path, params))
         return self._parsed(model, content, "GET", path, answer_id)
 
     def _parsed(self, model: type[ModelT], content: bytes, method: str, path: str, answer_id: str | None) -> ModelT:
@@ -431,12 +411,10 @@ class CartesiaHook(BaseHook):
                     return
                 cursor = page.next_page or page.data[-1].id
                 if cursor in cursors:
-                    raise CartesiaResponseError(
+                    raise ApiCall(self.settings, "GET", path).error(
+                        CartesiaResponseError,
                         f"the list's page cursor {redact(str(cursor))[:80]!r} came back a second time, so the "
                         f"list would never end; stopped after {len(cursors) + 1} pages",
-                        method="GET",
-                        path=path,
-                        conn_id=self.cartesia_conn_id,
                     )
                 cursors.add(cursor)
                 query["starting_after"] = cursor
@@ -447,7 +425,7 @@ class CartesiaHook(BaseHook):
         """One authenticated read; on failure, say what to fix (key, host or version)."""
         try:
             settings = self.settings
-            self._send(ApiCall.of(settings, "GET", BATCHES, {"limit": 1}))
+            self._send(ApiCall(settings, "GET", BATCHES, {"limit": 1}))
         except CartesiaAuthError as exc:
             return False, (
                 f"Cartesia refused the API key (HTTP {exc.status_code}). Put a current, non-admin key "
@@ -486,81 +464,60 @@ def _list_params(agent_id: str | None, limit: int, starting_after: str | None) -
 
 def _requests_failure(call: ApiCall, exc: BaseException) -> CartesiaTransportError:
     """A requests or urllib3 failure as our error, ``sent=False`` only when the request cannot have left."""
-    import requests  # loaded already when this runs
+    from requests import exceptions  # loaded already when this runs
     from urllib3.exceptions import NameResolutionError, NewConnectionError, ReadTimeoutError
 
     reason = getattr(exc.args[0], "reason", None) if exc.args else None  # requests wraps urllib3's error
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
+    if isinstance(exc, exceptions.ConnectTimeout):
         return call.transport_error(exc, "connect timed out", sent=False)
-    if isinstance(exc, (requests.exceptions.Timeout, ReadTimeoutError)):
+    if isinstance(exc, (exceptions.Timeout, ReadTimeoutError)):
         return call.read_timeout(exc)
-    if isinstance(exc, requests.exceptions.SSLError):
-        # A refused certificate ends the handshake before the request is written; any other TLS error
-        # may come after it was sent (a corrupt record in the answer).
-        if (
-            isinstance(reason, BaseException)
-            and reason.args
-            and isinstance(reason.args[0], ssl.SSLCertVerificationError)
-        ):
+    if isinstance(exc, exceptions.SSLError):
+        # A refused certificate ends the handshake before the request is written; any other TLS error may
+        # come after it was sent (a corrupt record in the answer).
+        if any(isinstance(arg, ssl.SSLCertVerificationError) for arg in getattr(reason, "args", ())):
             return call.transport_error(exc, "TLS handshake failed (certificate refused)", sent=False)
-        return call.transport_error(exc, "TLS error (the request may have been sent)", sent=True)
-    if isinstance(exc, requests.exceptions.ConnectionError) and isinstance(
-        reason, (NewConnectionError, NameResolutionError)
-    ):
+        return call.transport_error(exc, "TLS error (the request may have been sent)")
+    if isinstance(exc, exceptions.ConnectionError) and isinstance(reason, (NewConnectionError, NameResolutionError)):
         return call.transport_error(exc, "could not connect", sent=False)
-    if isinstance(exc, requests.exceptions.RequestException) and not isinstance(
-        exc, requests.exceptions.ConnectionError
-    ):
-        return call.transport_error(exc, "request failed", sent=True)
-    return call.transport_error(exc, "the connection dropped before a response arrived", sent=True)
+    if isinstance(exc, exceptions.RequestException) and not isinstance(exc, exceptions.ConnectionError):
+        return call.transport_error(exc, "request failed")
+    return call.transport_error(exc, "the connection dropped before a response arrived")
 
 
-_NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}
-"""requests' per-request proxies that override the environment's: loopback never goes through a proxy."""
+_NO_PROXIES: dict[str, str | None] = {"http": None, "https": None, "all": None}  # overrides the environment's
 
 
-class _BearerAuth:
-    """Our ``Authorization`` header as requests' auth: requests reads ``~/.netrc`` only for a request
-    without auth, and a match would replace the header with Basic credentials."""
-
-    def __init__(self, value: str) -> None:
-        self.value = value
-
-    def __call__(self, request: Any) -> Any:
-        request.headers["Authorization"] = self.value
-        return request
+def _no_netrc(request: Any) -> Any:
+    """The session's auth, keeping our ``Authorization`` header: requests reads ``~/.netrc`` (and a match
+    would replace the header) only for a request without auth."""
+    return request
 
 
 class _Deadline:
-    """An overall deadline for one sync request (a server trickling bytes never trips a read timeout).
+    """An overall deadline for one sync request (a server trickling bytes never trips a read timeout): when
+    it passes, a timer shuts down the sockets this thread sent on meanwhile, ending a blocked read at once."""
 
-    When it passes, a timer shuts down the sockets this thread sent a request on while it was active,
-    which ends the blocked read at once (see :func:`_make_deadline_adapter`).
-    """
-
-    _active = threading.local()
+    active = threading.local()
+    """``active.connections``: where this thread's connections go while a deadline runs."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.expired = False
+        self.expired = self._done = False
         self.connections: list[Any] = []
-        self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
-        self._done = False
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
 
     def __enter__(self) -> _Deadline:
-        self._timer = threading.Timer(self.seconds, self._expire)
-        self._timer.daemon = True
         self._timer.start()
-        _Deadline._active.current = self
+        _Deadline.active.connections = self.connections
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _Deadline._active.current = None
+        del _Deadline.active.connections
         with self._lock:  # an answer read in full is never cut afterwards
             self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
+        self._timer.cancel()
 
     def _expire(self) -> None:
         with self._lock:
@@ -568,16 +525,9 @@ class _Deadline:
                 return
             self.expired = True
         for conn in self.connections:
-            sock = getattr(conn, "sock", None)
-            if sock is not None:
+            if conn.sock is not None:
                 with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain method, also under TLS
-
-    @classmethod
-    def watch(cls, conn: Any) -> None:
-        current = getattr(cls._active, "current", None)
-        if current is not None:
-            current.connections.append(conn)
+                    socket.socket.shutdown(conn.sock, socket.SHUT_RDWR)  # the plain method, also under TLS
 
 
 def _make_deadline_adapter() -> Any:
@@ -588,7 +538,7 @@ def _make_deadline_adapter() -> Any:
     def watched(pool: type[HTTPConnectionPool]) -> type[HTTPConnectionPool]:
         class Connection(pool.ConnectionCls):  # type: ignore[name-defined]
             def request(self, *args: Any, **kwargs: Any) -> None:
-                _Deadline.watch(self)
+                getattr(_Deadline.active, "connections", []).append(self)
                 super().request(*args, **kwargs)
 
         return type(pool.__name__, (pool,), {"ConnectionCls": Connection})
@@ -625,12 +575,12 @@ def _async_client(direct: bool) -> httpx.AsyncClient:
     if loop not in _ASYNC_CLIENTS:
         for closed in [other for other in _ASYNC_CLIENTS if other.is_closed()]:
             del _ASYNC_CLIENTS[closed]  # their connections died with it
-    clients = _ASYNC_CLIENTS.setdefault(loop, {}).setdefault(direct, {})
-    turn = next(_turns) % ASYNC_CLIENTS
+    clients = _ASYNC_CLIENTS.setdefault(loop, {})
+    turn = (direct, next(_turns) % ASYNC_CLIENTS)
     if turn not in clients or clients[turn].is_closed:
-        limits = httpx.Limits(
-            max_connections=ASYNC_CLIENT_CONNECTIONS, max_keepalive_connections=ASYNC_CLIENT_CONNECTIONS
+        size = ASYNC_CLIENT_CONNECTIONS
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
+        clients[turn] = httpx.AsyncClient(
+            limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct
         )
-        client = httpx.AsyncClient(limits=limits, verify=_ssl_context(), follow_redirects=False, trust_env=not direct)
-        clients[turn] = client
     return clients[turn]

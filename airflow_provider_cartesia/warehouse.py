@@ -1,8 +1,7 @@
 """The export table on any engine with a common-sql ``DbApiHook``, written one transaction per batch.
 
-Names are plain identifiers or refused, never escaped into SQL; types, locks and the bulk path per
-engine are in :data:`ENGINES`; errors name the driver's error class and code, never its message (it
-may quote a row). docs/exporting.md explains each choice.
+Names are plain identifiers or refused, never escaped into SQL; errors name the driver's error class
+and code, never its message (it may quote a row). docs/exporting.md explains each choice.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property, partial
 from itertools import islice
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaWarehouseError, CartesiaWarehouseSchemaError
@@ -71,25 +69,22 @@ class EngineProfile:
 
     name: str
     types: Mapping[ColumnKind, str]
-    """DDL type of each logical column kind (see :class:`~airflow_provider_cartesia.rows.Column`)."""
+    """DDL type of each column kind."""
     adapt_time: Callable[[datetime], Any]
-    """An aware UTC datetime as the driver should receive it for a timestamp column."""
+    """An aware UTC datetime as the driver takes it for a timestamp column."""
     fold: Callable[[str], str] | None = None
-    """The engine's folding of unquoted names: every name is folded, then quoted (any word works, no name
-    changes). None, case rules unknown: only reserved words are quoted."""
+    """How the engine folds unquoted names: each name is folded, then quoted. None: quote reserved words only."""
     create_if_not_exists: bool = True
     table_options: str = ""
-    """Appended to CREATE TABLE (MySQL: a transactional engine and the character set)."""
     stores_nul: bool = True
-    """Whether text and JSON columns can hold U+0000; where not, the writer replaces it by U+FFFD."""
+    """Whether text and JSON can hold U+0000; where not, it is written as U+FFFD."""
     begin_sql: str | None = None
-    """Opens each batch's transaction (SQLite: ``BEGIN IMMEDIATE`` waits for the write lock)."""
     batch_lock_sql: str | None = None
-    """Run first in each batch's transaction with the lock key (and, with an unlock, :data:`LOCK_WAIT_SECONDS`)."""
+    """Locks one batch, first in its transaction: ``(key,)``, or ``(key, LOCK_WAIT_SECONDS)`` with an unlock."""
     batch_unlock_sql: str | None = None
-    """Run after the commit or rollback with ``(lock key,)``, for a lock that outlives the transaction."""
-    checks_storage_engine: bool = False
-    """MySQL/MariaDB: refuse a table whose storage engine has no transactions (MyISAM, Aria)."""
+    """Releases, after the commit or rollback, a lock that outlives the transaction."""
+    storage_engine_sql: str | None = None
+    """``(schema or None, table)`` -> the table's storage engine and whether it has transactions (else refused)."""
 
 
 _TEXT: dict[ColumnKind, str] = {"key": "TEXT", "text": "TEXT", "long_text": "TEXT", "integer": "INTEGER"}
@@ -118,7 +113,9 @@ ENGINES: dict[str, EngineProfile] = {
         table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         batch_lock_sql="SELECT GET_LOCK(%s, %s)",
         batch_unlock_sql="SELECT RELEASE_LOCK(%s)",
-        checks_storage_engine=True,
+        storage_engine_sql="SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "
+        "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
+        "WHERE t.TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND t.TABLE_NAME = %s",
     ),
     "sqlite": EngineProfile(
         name="sqlite",
@@ -189,8 +186,7 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
 
 
 def is_sqlite_connection(conn_type: str | None, host: str | None, port: int | None = None) -> bool:
-    """A ``sqlite`` connection, or a ``generic`` one (``--conn-type sqlite`` without the sqlite provider) whose
-    host is an absolute file path and that has no port."""
+    """``sqlite``, or ``generic`` (``--conn-type sqlite`` without the provider) with an absolute path, no port."""
     return conn_type == "sqlite" or (conn_type == "generic" and bool(host) and os.path.isabs(host or "") and not port)
 
 
@@ -241,11 +237,7 @@ def _is_redshift(hook: Any) -> bool:
 
 
 def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
-    """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info.
-
-    PostgreSQL ``postgres://host:5432`` + ``database.schema.table``; MySQL ``mysql://host:3306`` +
-    ``database.table``; hooks without that info (SQLite) ``<type>://<host>`` + the table as written.
-    """
+    """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info if it has one."""
     conn = hook.connection
     info = hook.get_openlineage_database_info(conn)
     if info is None and is_sqlite_connection(conn.conn_type, conn.host, conn.port):  # SqliteHook gives none
@@ -272,11 +264,6 @@ class WarehouseTable:
         self.hook = hook
         self.name = table if isinstance(table, TableName) else parse_table_name(table)
         self.columns = tuple(columns)
-        names = [c.name for c in self.columns]
-        if len(set(names)) != len(names) or not all(_IDENTIFIER.fullmatch(n) for n in names):
-            raise CartesiaWarehouseSchemaError(f"column names must be unique identifiers: {names}")
-        if not set(PRIMARY_KEY) <= set(names):
-            raise CartesiaWarehouseSchemaError(f"the columns must include the primary key {PRIMARY_KEY}")
 
     @cached_property
     def engine(self) -> EngineProfile:
@@ -304,16 +291,9 @@ class WarehouseTable:
         """The quoted, possibly schema-qualified table name."""
         return ".".join(self.quote(p) for p in self.name if p)
 
-    @cached_property
-    def _column_list(self) -> str:
-        return ", ".join(self.quote(c.name) for c in self.columns)
-
-    def column_type(self, column: Column) -> str:
-        return self.engine.types[column.kind]
-
     def create_sql(self) -> str:
         lines = [
-            f"{self.quote(c.name)} {self.column_type(c)}{' NOT NULL' if c.name in PRIMARY_KEY else ''}"
+            f"{self.quote(c.name)} {self.engine.types[c.kind]}{' NOT NULL' if c.name in PRIMARY_KEY else ''}"
             for c in self.columns
         ]
         lines.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in PRIMARY_KEY)})")
@@ -322,7 +302,7 @@ class WarehouseTable:
         return f"CREATE TABLE {exists}{self.qualified} (\n  {body}\n){self.engine.table_options}"
 
     def add_column_sql(self, column: Column) -> str:
-        return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.column_type(column)}"
+        return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.engine.types[column.kind]}"
 
     # Every statement below holds validated, quoted identifiers and placeholders, never a value: noqa S608.
 
@@ -333,27 +313,14 @@ class WarehouseTable:
     def delete_sql(self) -> str:
         return f"DELETE FROM {self.qualified} WHERE {self.quote(PRIMARY_KEY[0])} = {self.hook.placeholder}"  # noqa: S608
 
-    def insert_sql(self) -> str:
+    def insert_sql(self, method: str = "executemany") -> str:
+        """The bulk statement of an insert method: ``copy``, ``execute_values`` (one ``%s``) or ``executemany``."""
+        columns = ", ".join(self.quote(c.name) for c in self.columns)
+        if method == "copy":
+            return f"COPY {self.qualified} ({columns}) FROM STDIN"
         marks = ", ".join([str(self.hook.placeholder)] * len(self.columns))
-        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES ({marks})"  # noqa: S608
-
-    def values_sql(self) -> str:
-        """psycopg2 ``execute_values`` INSERT (one ``%s`` for all the rows)."""
-        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES %s"  # noqa: S608
-
-    def copy_sql(self) -> str:
-        """PostgreSQL ``COPY ... FROM STDIN`` for every column."""
-        return f"COPY {self.qualified} ({self._column_list}) FROM STDIN"
-
-    def storage_engine_sql(self) -> tuple[str, tuple[str, ...]]:
-        """MySQL/MariaDB: the table's storage engine and whether it has transactions (one row, if it exists)."""
-        schema = "%s" if self.name.schema else "DATABASE()"
-        sql = (
-            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "  # noqa: S608
-            "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
-            f"WHERE t.TABLE_SCHEMA = {schema} AND t.TABLE_NAME = %s"
-        )
-        return sql, tuple(p for p in self.name if p)
+        values = "%s" if method == "execute_values" else f"({marks})"
+        return f"INSERT INTO {self.qualified} ({columns}) VALUES {values}"  # noqa: S608
 
     def batch_lock_key(self, batch_id: str) -> int | str:
         """A key for the engine's lock on one batch of this table: a signed 64-bit number or a short name."""
@@ -404,6 +371,7 @@ _WRITE_CONFLICTS = frozenset({"40001", "40P01", "1213"})
 """Deadlock and serialization failures: the whole transaction is tried again (with fresh rows)."""
 WRITE_CONFLICT_RETRIES = 8
 """Writers that deadlocked each other part after a short random pause, longer at each try."""
+_RETRIES = "This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply"
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -419,21 +387,21 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 
 def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = "") -> CartesiaWarehouseError:
-    """A failure of DDL or of reading the table's shape: transient, or a schema error (no row value involved,
-    so the driver's message is kept)."""
+    """A failure of DDL or of reading the table's shape (no row value involved: the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
-    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    what = f"{kind}{f' {code}' if code else ''}: {message}"
+    message = (str(exc).strip().splitlines() or [""])[0][:300]
     if is_transient_db_error(exc):
         return CartesiaWarehouseError(
-            f"Could not {action} table {table} for now: {what}. This is a transient database error (a lock held "
-            "by another session, a timeout, a lost connection): the task's retries apply",
+            f"Could not {action} table {table} for now: {kind}{f' {code}' if code else ''}: {message}. {_RETRIES}",
             table=str(table),
             kind=kind,
             code=code,
         )
     return CartesiaWarehouseSchemaError(
-        f"Could not {action}{hint} table {table}: {what}", table=str(table), kind=kind, code=code
+        f"Could not {action}{hint} table {table}: {kind}{f' {code}' if code else ''}: {message}",
+        table=str(table),
+        kind=kind,
+        code=code,
     )
 
 
@@ -449,14 +417,10 @@ def _write_error(
         else f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
         "rows are intact"
     )
-    retries = (
-        " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
-        if is_transient_db_error(exc)
-        else ""
-    )
+    retries = f" {_RETRIES}." if is_transient_db_error(exc) else ""
     return CartesiaWarehouseError(
-        f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
-        f"not shown because it may quote row values (phone numbers, metadata).{retries}",
+        f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is not shown "
+        f"because it may quote row values (phone numbers, metadata).{retries}",
         table=str(table),
         batch_id=batch_id,
         kind=kind,
@@ -504,9 +468,7 @@ class WarehouseWriter:
         self.connection  # noqa: B018 - connect now, so that a bad connection fails before any work
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -522,10 +484,17 @@ class WarehouseWriter:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a connection killed mid-write may not close cleanly
                 conn.close()
-            except Exception as exc:  # a connection killed mid-write may not close cleanly
-                self.hook.log.debug("Closing the warehouse connection failed: %s", type(exc).__name__)
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        cur = self.connection.cursor()
+        try:
+            yield cur
+        finally:
+            with contextlib.suppress(Exception):  # the cursor of a dead connection may fail to close
+                cur.close()
 
     def _rollback(self) -> bool:
         try:
@@ -539,17 +508,12 @@ class WarehouseWriter:
 
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         """Column names and rows of a read-only query; the transaction it opened is rolled back."""
-        cur = self.connection.cursor()
         try:
-            cur.execute(sql, params)
-            return [str(d[0]) for d in cur.description or ()], cur.fetchall()
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+                return [str(d[0]) for d in cur.description or ()], cur.fetchall()
         finally:
-            _close_quietly(cur)
             self._rollback()
-
-    def existing_columns(self) -> list[str]:
-        """The table's column names, read from a query's cursor description; raises if it cannot be read."""
-        return self._query(self.table.probe_sql())[0]
 
     def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
         """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``).
@@ -557,43 +521,43 @@ class WarehouseWriter:
         Returns the columns added. A transient database error raises :class:`CartesiaWarehouseError`; anything
         else a :class:`CartesiaWarehouseSchemaError` that says what to change.
         """
-        name = self.table.name
+        name, table = self.table.name, self.table
         try:
-            existing = self.existing_columns()
+            existing = self._query(table.probe_sql())[0]
         except Exception as exc:
             if not create or is_transient_db_error(exc):
                 raise _ddl_error(name, "read", exc, " (does it exist? set create_table=True to create it)") from None
             create_error = None
             try:
-                self._run_ddl(self.table.create_sql(), "create")
+                self._run_ddl(table.create_sql(), "create")
             except CartesiaWarehouseSchemaError as error:  # or another writer created it at the same moment
                 create_error = error
             try:
-                existing = self.existing_columns()
+                existing = self._query(table.probe_sql())[0]
             except Exception as exc2:
                 raise create_error or _ddl_error(name, "read the newly created", exc2) from None
         self._check_storage_engine()
         have = {c.casefold() for c in existing}
-        missing = [c for c in self.table.columns if c.name.casefold() not in have]
+        missing = [c for c in table.columns if c.name.casefold() not in have]
         if missing and not add_missing_columns:
-            listed = ", ".join(f"{c.name} ({self.table.column_type(c)})" for c in missing)
+            listed = ", ".join(f"{c.name} ({self.engine.types[c.kind]})" for c in missing)
             raise CartesiaWarehouseSchemaError(
                 f"Table {name} lacks the columns {listed}. Add them, or set add_missing_columns=True to have "
                 "them added.",
                 table=str(name),
             )
         for column in missing:
-            self._run_ddl(self.table.add_column_sql(column), f"add column {column.name} to")
+            self._run_ddl(table.add_column_sql(column), f"add column {column.name} to")
         if missing:
             self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
         return [c.name for c in missing]
 
     def _check_storage_engine(self) -> None:
         """MySQL/MariaDB: a table without transactions (MyISAM, Aria) would keep half a batch after a failure."""
-        if not self.engine.checks_storage_engine:
+        if self.engine.storage_engine_sql is None:
             return
         try:
-            found = self._query(*self.table.storage_engine_sql())[1]
+            found = self._query(self.engine.storage_engine_sql, tuple(self.table.name))[1]
         except Exception as exc:
             raise _ddl_error(self.table.name, "read the storage engine of", exc) from None
         engine, transactions = found[0] if found else (None, None)
@@ -606,16 +570,13 @@ class WarehouseWriter:
             )
 
     def _run_ddl(self, sql: str, action: str) -> None:
-        conn = self.connection
-        cur = conn.cursor()
         try:
-            cur.execute(sql)
-            conn.commit()
+            with self._cursor() as cur:
+                cur.execute(sql)
+                self.connection.commit()
         except Exception as exc:
             self._rollback()
             raise _ddl_error(self.table.name, action, exc) from None
-        finally:
-            _close_quietly(cur)
 
     # -- writing
 
@@ -633,10 +594,8 @@ class WarehouseWriter:
                 if attempt >= tries or error.code not in _WRITE_CONFLICTS:
                     raise
                 self.hook.log.warning(
-                    "Write of batch %s to %s met a concurrent write (%s %s); trying again (%d of %d)",
+                    "Batch %s met a concurrent write (%s); trying again (%d of %d)",
                     batch_id,
-                    self.table.name,
-                    error.kind,
                     error.code,
                     attempt,
                     tries - 1,
@@ -645,42 +604,30 @@ class WarehouseWriter:
                 attempt += 1
 
     def _replace_once(self, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
-        conn = self.connection
-        cur = conn.cursor()
-        committing = False
-        lock_key = self.table.batch_lock_key(batch_id) if self.engine.batch_lock_sql else None
-        try:
-            if self.engine.begin_sql:
-                cur.execute(self.engine.begin_sql)
-            if lock_key is not None:
-                self._lock_batch(cur, batch_id, lock_key)
-            cur.execute(self.table.delete_sql(), (batch_id,))
-            if not self.engine.stores_nul:
-                rows = without_nul(rows, self.table.columns)
-            written = self._insert(cur, rows)
-            committing = True
-            conn.commit()
-        except CartesiaError:
-            self._rollback()
-            raise
-        except Exception as exc:
-            rolled_back = self._rollback()
-            error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
-            self.hook.log.warning(
-                "Write of batch %s to %s failed (%s%s); %s",
-                batch_id,
-                self.table.name,
-                error.kind,
-                f" {error.code}" if error.code else "",
-                "rolled back" if rolled_back else "not committed",
-            )
-            raise error from None
-        finally:
-            if lock_key is not None and self.engine.batch_unlock_sql:
-                with contextlib.suppress(Exception):  # a lost connection has released it already
-                    cur.execute(self.engine.batch_unlock_sql, (lock_key,))
-                    cur.fetchall()
-            _close_quietly(cur)
+        engine, committing = self.engine, False
+        lock_key = self.table.batch_lock_key(batch_id) if engine.batch_lock_sql else None
+        with self._cursor() as cur:
+            try:
+                if engine.begin_sql:
+                    cur.execute(engine.begin_sql)
+                if lock_key is not None:
+                    self._lock_batch(cur, batch_id, lock_key)
+                cur.execute(self.table.delete_sql(), (batch_id,))
+                written = self._insert(cur, rows if engine.stores_nul else without_nul(rows, self.table.columns))
+                committing = True
+                self.connection.commit()
+            except Exception as exc:
+                rolled_back = self._rollback()
+                if isinstance(exc, CartesiaError):
+                    raise
+                error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
+                self.hook.log.warning("%s", error)  # names no row value, as the error itself
+                raise error from None
+            finally:
+                if lock_key is not None and engine.batch_unlock_sql:
+                    with contextlib.suppress(Exception):  # a lost connection has released it already
+                        cur.execute(engine.batch_unlock_sql, (lock_key,))
+                        cur.fetchall()
         return written
 
     def _lock_batch(self, cur: Any, batch_id: str, key: int | str) -> None:
@@ -707,30 +654,22 @@ class WarehouseWriter:
 
     def _insert(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
         method = self.insert_method
-        written = 0
+        sql, send, written = self.table.insert_sql(method), cur.executemany, 0
         if method == "copy":
-            with cur.copy(self.table.copy_sql()) as copy:
-                write_row = copy.write_row
+            with cur.copy(sql) as copy:
                 for row in rows:
-                    write_row(row)
+                    copy.write_row(row)
                     written += 1
             return written
-        sql, send = self.table.insert_sql(), cur.executemany
         if method == "execute_values":
             from psycopg2.extras import execute_values  # psycopg2 is imported only where it is the driver
 
-            sql, send = self.table.values_sql(), partial(execute_values, cur, page_size=1000)
+            send = partial(execute_values, cur, page_size=1000)
         iterator = iter(rows)
         while chunk := list(islice(iterator, self.chunk_size)):
             send(sql, chunk)
             written += len(chunk)
         return written
-
-
-def _close_quietly(cur: Any) -> None:
-    # The cursor of a dead connection may fail to close; the real error is raised elsewhere.
-    with contextlib.suppress(Exception):
-        cur.close()
 
 
 _NUL = "\x00"

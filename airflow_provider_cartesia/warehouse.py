@@ -228,14 +228,6 @@ def _embedded_sqlite_hook_class() -> type[DbApiHook]:
     return EmbeddedSqliteHook
 
 
-def _is_redshift(hook: Any) -> bool:
-    """A PostgresHook pointed at Redshift (its ``redshift`` extra): no JSONB, no COPY FROM STDIN."""
-    try:
-        return hook.conn_type == "postgres" and bool(hook.connection.extra_dejson.get("redshift"))
-    except Exception:  # no connection to look at: not Redshift as far as we can tell
-        return False
-
-
 def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
     """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info if it has one."""
     conn = hook.connection
@@ -267,14 +259,13 @@ class WarehouseTable:
 
     @cached_property
     def engine(self) -> EngineProfile:
-        """The engine's profile from the hook's dialect name; Redshift behind a PostgresHook is generic."""
-        if _is_redshift(self.hook):
-            return ENGINES["generic"]
+        """The profile of the hook's dialect; Redshift behind a PostgresHook (no JSONB, no COPY) is generic."""
+        hook = self.hook
         try:
-            dialect_name = self.hook.dialect_name
-        except Exception:  # a hook that cannot tell (no SQLAlchemy URL) gets standard SQL
-            dialect_name = None
-        return engine_profile(dialect_name)
+            redshift = hook.conn_type == "postgres" and hook.connection.extra_dejson.get("redshift")
+            return engine_profile("redshift" if redshift else hook.dialect_name)
+        except Exception:  # a hook that cannot tell (no connection, no SQLAlchemy URL) gets standard SQL
+            return ENGINES["generic"]
 
     def quote(self, identifier: str) -> str:
         """``identifier`` (validated) quoted by the hook's dialect; see :attr:`EngineProfile.fold`."""
@@ -648,7 +639,7 @@ class WarehouseWriter:
     def insert_method(self) -> str:
         """``copy`` (psycopg 3), ``execute_values`` (psycopg2: postgres providers before 6.3) or ``executemany``."""
         module = type(self.connection).__module__.split(".")[0]
-        if module == "psycopg" and not _is_redshift(self.hook):  # Redshift has no COPY FROM STDIN
+        if module == "psycopg" and self.engine.name == "postgresql":  # not Redshift: it has no COPY FROM STDIN
             return "copy"
         return "execute_values" if module == "psycopg2" else "executemany"
 
@@ -680,25 +671,21 @@ NUL_REPLACEMENT = "\ufffd"
 
 
 def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Iterator[Sequence[Any]]:
-    """``rows`` with every U+0000 in text replaced by U+FFFD, in JSON text too (where it is written ``\\u0000``).
+    """``rows`` with every U+0000 in text, and every ``\\u0000`` in JSON text, written as U+FFFD (for PostgreSQL).
 
-    PostgreSQL stores no NUL in TEXT, nor ``\\u0000`` in JSONB. Rows without one pass unchanged.
+    Rows without one pass unchanged (the same object).
     """
-    text = tuple(i for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
-    json_positions = frozenset(i for i, c in enumerate(columns) if c.kind == "json")
+    text = tuple((i, c.kind == "json") for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
     for row in rows:
-        for i in text:  # a plain loop: about 1 ms per 5,000 rows, a fraction of joining or regex scans
+        for i, _ in text:  # a plain loop: about 1 ms per 5,000 rows, a fraction of joining or regex scans
             value = row[i]
             if value and (_NUL in value or _JSON_NUL in value):
-                yield tuple(_nul_free_value(v, i in json_positions) for i, v in enumerate(row))
+                fixed = list(row)
+                for j, is_json in text:
+                    if isinstance(value := fixed[j], str):
+                        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value) if is_json else value
+                        fixed[j] = value.replace(_NUL, NUL_REPLACEMENT)
+                yield tuple(fixed)
                 break
         else:
             yield row
-
-
-def _nul_free_value(value: Any, is_json: bool) -> Any:
-    if not isinstance(value, str):
-        return value
-    if is_json:
-        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value)
-    return value.replace(_NUL, NUL_REPLACEMENT)

@@ -60,9 +60,6 @@ def parse_table_name(table: str) -> TableName:
     return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
 
 
-# -- engines ----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class EngineProfile:
     """What the export needs to know about one SQL engine beyond what common-sql's dialect gives."""
@@ -147,9 +144,6 @@ def engine_profile(dialect_name: str | None) -> EngineProfile:
     """The profile for a common-sql dialect name (``postgresql``, ``mysql``, ``sqlite``, ...); generic otherwise."""
     name = (dialect_name or "").lower()
     return ENGINES.get(_ENGINE_ALIASES.get(name, name), ENGINES["generic"])
-
-
-# -- hooks ------------------------------------------------------------------------------------
 
 
 def get_warehouse_hook(conn_id: str) -> DbApiHook:
@@ -241,9 +235,6 @@ def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
     return namespace, ".".join(p for p in (info.database, schema, table.name) if p)
 
 
-# -- SQL text ---------------------------------------------------------------------------------
-
-
 class WarehouseTable:
     """The export table on one engine: quoted names and every statement the writer runs.
 
@@ -326,9 +317,6 @@ def _standard_reserved_words() -> frozenset[str]:
     from sqlalchemy.sql.compiler import RESERVED_WORDS  # only for engines without a profile: an import cost
 
     return frozenset(RESERVED_WORDS)
-
-
-# -- errors -----------------------------------------------------------------------------------
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
@@ -419,9 +407,6 @@ def _write_error(
     )
 
 
-# -- the writer -------------------------------------------------------------------------------
-
-
 class WarehouseWriter:
     """Writes export rows, batch by batch, over one DB-API connection (a context manager).
 
@@ -495,8 +480,6 @@ class WarehouseWriter:
             self.hook.log.warning("Rollback failed (%s); the server discards the open transaction", type(exc).__name__)
             return False
 
-    # -- the table's shape
-
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         """Column names and rows of a read-only query; the transaction it opened is rolled back."""
         try:
@@ -568,8 +551,6 @@ class WarehouseWriter:
         except Exception as exc:
             self._rollback()
             raise _ddl_error(self.table.name, action, exc) from None
-
-    # -- writing
 
     def replace_batch(
         self, batch_id: str, rows: Iterable[Sequence[Any]] | Callable[[], Iterable[Sequence[Any]]]

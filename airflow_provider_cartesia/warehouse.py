@@ -158,12 +158,11 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
         conn.conn_type == "generic" or not _sqlite_provider_installed()
     ):
         return _embedded_sqlite_hook_class()(conn_id)
+    hook, failure = None, ""
     try:
         hook = conn.get_hook()
     except Exception as exc:  # unknown type, provider missing or broken, a hook that refuses the connection
-        hook, failure = None, f" ({type(exc).__name__})"
-    else:
-        failure = ""
+        failure = f" ({type(exc).__name__})"
     if not isinstance(hook, DbApiHook):
         generic = (
             " A connection stored as 'generic' was made with a type whose provider was not installed where it was "
@@ -427,18 +426,11 @@ class WarehouseWriter:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.table = WarehouseTable(hook, table, columns)
+        self.engine = self.table.engine
+        """The engine's profile; its ``adapt_time`` is what :func:`~airflow_provider_cartesia.rows.batch_rows` needs."""
         self.hook = hook
         self.chunk_size = chunk_size
         self._conn: Any = None
-
-    @property
-    def engine(self) -> EngineProfile:
-        return self.table.engine
-
-    @property
-    def adapt_time(self) -> Callable[[datetime], Any]:
-        """How this engine takes a timestamp (pass it to :func:`~airflow_provider_cartesia.rows.batch_rows`)."""
-        return self.engine.adapt_time
 
     def __enter__(self) -> WarehouseWriter:
         self.connection  # noqa: B018 - connect now, so that a bad connection fails before any work

@@ -218,7 +218,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
             batch_rows,
             batch,
             exported_at=datetime.now(timezone.utc),
-            adapt_time=writer.adapt_time,
+            adapt_time=writer.engine.adapt_time,
             calls=calls,
             include_transcript=self.include_transcript,
         )

@@ -6,7 +6,6 @@ takes a timestamp (``adapt_time``).
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -60,17 +59,10 @@ CALL_COLUMNS: tuple[Column, ...] = (
 TRANSCRIPT_COLUMN = Column("call_transcript", "json", "Transcript of the latest call. Personal data.")
 PRIMARY_KEY: tuple[str, ...] = ("batch_id", "recipient_id")
 
-_stdlib_json_text = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
-
 
 def json_text(value: Any) -> str | None:
     """Compact UTF-8 JSON text (None stays None, i.e. SQL NULL); pydantic-core's encoder is 4x the stdlib's."""
-    if value is None:
-        return None
-    try:
-        return to_json(value).decode()
-    except (ValueError, TypeError, UnicodeDecodeError):  # e.g. a lone surrogate: let the stdlib decide
-        return _stdlib_json_text(value)
+    return None if value is None else to_json(value).decode()
 
 
 def export_columns(*, include_calls: bool = False, include_transcript: bool = False) -> tuple[Column, ...]:

@@ -349,7 +349,6 @@ _WRITE_CONFLICTS = frozenset({"40001", "40P01", "1213"})
 """Deadlock and serialization failures: the whole transaction is tried again (with fresh rows)."""
 WRITE_CONFLICT_RETRIES = 8
 """Writers that deadlocked each other part after a short random pause, longer at each try."""
-_RETRIES = "This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply"
 
 
 def is_transient_db_error(exc: BaseException) -> bool:
@@ -370,7 +369,9 @@ def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = ""
     message = (str(exc).strip().splitlines() or [""])[0][:300]
     if is_transient_db_error(exc):
         return CartesiaWarehouseError(
-            f"Could not {action} table {table} for now: {kind}{f' {code}' if code else ''}: {message}. {_RETRIES}",
+            f"Could not {action} table {table} for now: {kind}{f' {code}' if code else ''}: {message}. This is a "
+            "transient database error (a lock held by another session, a timeout, a lost connection): the task's "
+            "retries apply",
             table=str(table),
             kind=kind,
             code=code,
@@ -395,7 +396,11 @@ def _write_error(
         else f"the transaction was {'rolled back' if rolled_back else 'not committed'}, so the batch's previous "
         "rows are intact"
     )
-    retries = f" {_RETRIES}." if is_transient_db_error(exc) else ""
+    retries = (
+        " This error may pass by itself (a lock, a timeout, a lost connection): the task's retries apply."
+        if is_transient_db_error(exc)
+        else ""
+    )
     return CartesiaWarehouseError(
         f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is not shown "
         f"because it may quote row values (phone numbers, metadata).{retries}",
@@ -557,13 +562,8 @@ class WarehouseWriter:
             except CartesiaWarehouseError as error:
                 if attempt >= tries or error.code not in _WRITE_CONFLICTS:
                     raise
-                self.hook.log.warning(
-                    "Batch %s met a concurrent write (%s); trying again (%d of %d)",
-                    batch_id,
-                    error.code,
-                    attempt,
-                    tries - 1,
-                )
+                log = "Write of batch %s to %s met a concurrent write (%s %s); trying again (%d of %d)"
+                self.hook.log.warning(log, batch_id, self.table.name, error.kind, error.code, attempt, tries - 1)
                 time.sleep(random.uniform(0, 0.05 * attempt))
                 attempt += 1
 
@@ -585,7 +585,9 @@ class WarehouseWriter:
                 if isinstance(exc, CartesiaError):
                     raise
                 error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
-                self.hook.log.warning("%s", error)  # names no row value, as the error itself
+                what = f"{error.kind} {error.code or ''}".rstrip()
+                state = "rolled back" if rolled_back else "not committed"
+                self.hook.log.warning("Write of batch %s to %s failed (%s); %s", batch_id, self.table.name, what, state)
                 raise error from None
             finally:
                 if lock_key is not None and engine.batch_unlock_sql:

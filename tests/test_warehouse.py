@@ -297,7 +297,7 @@ def test_failure_in_the_middle_leaves_previous_rows(
     assert error.__cause__ is None and error.__suppress_context__
     captured = capsys.readouterr()
     logs = caplog.text + captured.out + captured.err  # Airflow's structlog prints; stdlib logging is captured
-    assert "Writing batch acb_x" in logs and "rolled back" in logs, "the log is captured"
+    assert "Write of batch acb_x" in logs and "rolled back" in logs, "the log is captured"
     for leak in (phone(20), "+1415777", "meta-20", "cust_20"):
         assert leak not in str(error)
         assert leak not in logs

@@ -328,21 +328,14 @@ def _is_template(value: Any) -> bool:
 
 def _parse_batch_ids(value: Sequence[str] | str) -> list[str]:
     """A list of ids from a list, ``"acb_1,acb_2"`` or a rendered ``"['acb_1', 'acb_2']"``; order kept, no repeats."""
-    items: Iterable[Any]
+    items: Iterable[Any] = value
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
-            try:
-                parsed = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise AirflowFailException("batch_ids is neither a list nor comma-separated ids") from None
-            items = parsed if isinstance(parsed, (list, tuple)) else [parsed]
-        else:
-            items = text.split(",")
-    else:
-        items = value
-    ids = [str(item).strip() for item in items]
-    return list(dict.fromkeys(i for i in ids if i))
+        try:
+            items = ast.literal_eval(text) if text.startswith("[") else text.split(",")
+        except (ValueError, SyntaxError):
+            raise AirflowFailException("batch_ids is neither a list nor comma-separated ids") from None
+    return list(dict.fromkeys(i for i in (str(item).strip() for item in items) if i))
 
 
 def _aware(value: Any, name: str) -> datetime | None:

@@ -262,8 +262,10 @@ class WarehouseTable:
         dialect = self.hook.dialect
         if self.engine.fold is not None:
             return dialect.escape_word_format.format(self.engine.fold(identifier))
+        from sqlalchemy.sql.compiler import RESERVED_WORDS  # only engines without a profile pay this import
+
         quoted = dialect.escape_word(identifier)
-        if quoted == identifier and identifier.lower() in _standard_reserved_words():
+        if quoted == identifier and identifier.lower() in RESERVED_WORDS:
             quoted = dialect.escape_word_format.format(identifier)
         return quoted
 
@@ -309,13 +311,6 @@ class WarehouseTable:
         if self.engine.name == "postgresql":
             return int.from_bytes(digest, "big", signed=True)
         return f"cartesia_export:{digest.hex()}"
-
-
-@cache
-def _standard_reserved_words() -> frozenset[str]:
-    from sqlalchemy.sql.compiler import RESERVED_WORDS  # only for engines without a profile: an import cost
-
-    return frozenset(RESERVED_WORDS)
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:

@@ -361,21 +361,17 @@ def is_transient_db_error(exc: BaseException) -> bool:
 def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = "") -> CartesiaWarehouseError:
     """A failure of DDL or of reading the table's shape (no row value involved: the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
-    message = (str(exc).strip().splitlines() or [""])[0][:300]
+    what = f"{kind}{f' {code}' if code else ''}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
     if is_transient_db_error(exc):
         return CartesiaWarehouseError(
-            f"Could not {action} table {table} for now: {kind}{f' {code}' if code else ''}: {message}. This is a "
-            "transient database error (a lock held by another session, a timeout, a lost connection): the task's "
-            "retries apply",
+            f"Could not {action} table {table} for now: {what}. This is a transient database error (a lock held "
+            "by another session, a timeout, a lost connection): the task's retries apply",
             table=str(table),
             kind=kind,
             code=code,
         )
     return CartesiaWarehouseSchemaError(
-        f"Could not {action}{hint} table {table}: {kind}{f' {code}' if code else ''}: {message}",
-        table=str(table),
-        kind=kind,
-        code=code,
+        f"Could not {action}{hint} table {table}: {what}", table=str(table), kind=kind, code=code
     )
 
 
@@ -482,11 +478,8 @@ class WarehouseWriter:
             self._rollback()
 
     def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
-        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``).
-
-        Returns the columns added. A transient database error raises :class:`CartesiaWarehouseError`; anything
-        else a :class:`CartesiaWarehouseSchemaError` that says what to change.
-        """
+        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``);
+        returns the columns added. Errors: transient, or a schema error that says what to change."""
         name, table = self.table.name, self.table
         try:
             existing = self._query(table.probe_sql())[0]
@@ -514,8 +507,7 @@ class WarehouseWriter:
             )
         for column in missing:
             self._run_ddl(table.add_column_sql(column), f"add column {column.name} to")
-        if missing:
-            self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
+            self.hook.log.info("Added column %s to table %s", column.name, name)
         return [c.name for c in missing]
 
     def _check_storage_engine(self) -> None:

@@ -289,10 +289,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         except ImportError:
             return None
         inputs, output = self.lineage_datasets()
-        return OperatorLineage(
-            inputs=[Dataset(namespace=ns, name=name) for ns, name in inputs],
-            outputs=[Dataset(namespace=output[0], name=output[1])],
-        )
+        return OperatorLineage(inputs=[Dataset(*dataset) for dataset in inputs], outputs=[Dataset(*output)])
 
     def lineage_datasets(self) -> tuple[list[tuple[str, str]], tuple[str, str]]:
         """``(namespace, name)`` of each exported batch and of the table, in OpenLineage's naming."""

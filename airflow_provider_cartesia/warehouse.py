@@ -1,8 +1,7 @@
 """The export table on any engine with a common-sql ``DbApiHook``, written one transaction per batch.
 
-Names are plain identifiers or refused, never escaped into SQL; types, locks and the bulk path per
-engine are in :data:`ENGINES`; errors name the driver's error class and code, never its message (it
-may quote a row). docs/exporting.md explains each choice.
+Names are plain identifiers or refused, never escaped into SQL; errors name the driver's error class
+and code, never its message (it may quote a row). docs/exporting.md explains each choice.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache, cached_property, partial
 from itertools import islice
-from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from airflow_provider_cartesia.exceptions import CartesiaError, CartesiaWarehouseError, CartesiaWarehouseSchemaError
@@ -62,34 +60,28 @@ def parse_table_name(table: str) -> TableName:
     return TableName(parts[0], parts[1]) if len(parts) == 2 else TableName(None, parts[0])
 
 
-# -- engines ----------------------------------------------------------------------------------
-
-
 @dataclass(frozen=True)
 class EngineProfile:
     """What the export needs to know about one SQL engine beyond what common-sql's dialect gives."""
 
     name: str
     types: Mapping[ColumnKind, str]
-    """DDL type of each logical column kind (see :class:`~airflow_provider_cartesia.rows.Column`)."""
+    """DDL type of each column kind."""
     adapt_time: Callable[[datetime], Any]
-    """An aware UTC datetime as the driver should receive it for a timestamp column."""
+    """An aware UTC datetime as the driver takes it for a timestamp column."""
     fold: Callable[[str], str] | None = None
-    """The engine's folding of unquoted names: every name is folded, then quoted (any word works, no name
-    changes). None, case rules unknown: only reserved words are quoted."""
+    """How the engine folds unquoted names: each name is folded, then quoted. None: quote reserved words only."""
     create_if_not_exists: bool = True
     table_options: str = ""
-    """Appended to CREATE TABLE (MySQL: a transactional engine and the character set)."""
     stores_nul: bool = True
-    """Whether text and JSON columns can hold U+0000; where not, the writer replaces it by U+FFFD."""
+    """Whether text and JSON can hold U+0000; where not, it is written as U+FFFD."""
     begin_sql: str | None = None
-    """Opens each batch's transaction (SQLite: ``BEGIN IMMEDIATE`` waits for the write lock)."""
     batch_lock_sql: str | None = None
-    """Run first in each batch's transaction with the lock key (and, with an unlock, :data:`LOCK_WAIT_SECONDS`)."""
+    """Locks one batch, first in its transaction: ``(key,)``, or ``(key, LOCK_WAIT_SECONDS)`` with an unlock."""
     batch_unlock_sql: str | None = None
-    """Run after the commit or rollback with ``(lock key,)``, for a lock that outlives the transaction."""
-    checks_storage_engine: bool = False
-    """MySQL/MariaDB: refuse a table whose storage engine has no transactions (MyISAM, Aria)."""
+    """Releases, after the commit or rollback, a lock that outlives the transaction."""
+    storage_engine_sql: str | None = None
+    """``(schema or None, table)`` -> the table's storage engine and whether it has transactions (else refused)."""
 
 
 _TEXT: dict[ColumnKind, str] = {"key": "TEXT", "text": "TEXT", "long_text": "TEXT", "integer": "INTEGER"}
@@ -118,7 +110,9 @@ ENGINES: dict[str, EngineProfile] = {
         table_options=" ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
         batch_lock_sql="SELECT GET_LOCK(%s, %s)",
         batch_unlock_sql="SELECT RELEASE_LOCK(%s)",
-        checks_storage_engine=True,
+        storage_engine_sql="SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "
+        "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
+        "WHERE t.TABLE_SCHEMA = COALESCE(%s, DATABASE()) AND t.TABLE_NAME = %s",
     ),
     "sqlite": EngineProfile(
         name="sqlite",
@@ -152,9 +146,6 @@ def engine_profile(dialect_name: str | None) -> EngineProfile:
     return ENGINES.get(_ENGINE_ALIASES.get(name, name), ENGINES["generic"])
 
 
-# -- hooks ------------------------------------------------------------------------------------
-
-
 def get_warehouse_hook(conn_id: str) -> DbApiHook:
     """The DB-API hook of Airflow connection ``conn_id`` (any common-sql hook; SQLite needs no provider)."""
     # Imported here: common-sql and the connection lookup cost more than parsing a DAG should pay.
@@ -167,12 +158,11 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
         conn.conn_type == "generic" or not _sqlite_provider_installed()
     ):
         return _embedded_sqlite_hook_class()(conn_id)
+    hook, failure = None, ""
     try:
         hook = conn.get_hook()
     except Exception as exc:  # unknown type, provider missing or broken, a hook that refuses the connection
-        hook, failure = None, f" ({type(exc).__name__})"
-    else:
-        failure = ""
+        failure = f" ({type(exc).__name__})"
     if not isinstance(hook, DbApiHook):
         generic = (
             " A connection stored as 'generic' was made with a type whose provider was not installed where it was "
@@ -189,8 +179,7 @@ def get_warehouse_hook(conn_id: str) -> DbApiHook:
 
 
 def is_sqlite_connection(conn_type: str | None, host: str | None, port: int | None = None) -> bool:
-    """A ``sqlite`` connection, or a ``generic`` one (``--conn-type sqlite`` without the sqlite provider) whose
-    host is an absolute file path and that has no port."""
+    """``sqlite``, or ``generic`` (``--conn-type sqlite`` without the provider) with an absolute path, no port."""
     return conn_type == "sqlite" or (conn_type == "generic" and bool(host) and os.path.isabs(host or "") and not port)
 
 
@@ -232,20 +221,8 @@ def _embedded_sqlite_hook_class() -> type[DbApiHook]:
     return EmbeddedSqliteHook
 
 
-def _is_redshift(hook: Any) -> bool:
-    """A PostgresHook pointed at Redshift (its ``redshift`` extra): no JSONB, no COPY FROM STDIN."""
-    try:
-        return hook.conn_type == "postgres" and bool(hook.connection.extra_dejson.get("redshift"))
-    except Exception:  # no connection to look at: not Redshift as far as we can tell
-        return False
-
-
 def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
-    """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info.
-
-    PostgreSQL ``postgres://host:5432`` + ``database.schema.table``; MySQL ``mysql://host:3306`` +
-    ``database.table``; hooks without that info (SQLite) ``<type>://<host>`` + the table as written.
-    """
+    """OpenLineage ``(namespace, name)`` of the table, from the hook's OpenLineage database info if it has one."""
     conn = hook.connection
     info = hook.get_openlineage_database_info(conn)
     if info is None and is_sqlite_connection(conn.conn_type, conn.host, conn.port):  # SqliteHook gives none
@@ -255,9 +232,6 @@ def table_dataset(hook: DbApiHook, table: TableName) -> tuple[str, str]:
     namespace = f"{info.scheme}://{info.authority}" if info.authority else info.scheme
     schema = table.schema or hook.get_openlineage_default_schema() or conn.schema
     return namespace, ".".join(p for p in (info.database, schema, table.name) if p)
-
-
-# -- SQL text ---------------------------------------------------------------------------------
 
 
 class WarehouseTable:
@@ -272,30 +246,26 @@ class WarehouseTable:
         self.hook = hook
         self.name = table if isinstance(table, TableName) else parse_table_name(table)
         self.columns = tuple(columns)
-        names = [c.name for c in self.columns]
-        if len(set(names)) != len(names) or not all(_IDENTIFIER.fullmatch(n) for n in names):
-            raise CartesiaWarehouseSchemaError(f"column names must be unique identifiers: {names}")
-        if not set(PRIMARY_KEY) <= set(names):
-            raise CartesiaWarehouseSchemaError(f"the columns must include the primary key {PRIMARY_KEY}")
 
     @cached_property
     def engine(self) -> EngineProfile:
-        """The engine's profile from the hook's dialect name; Redshift behind a PostgresHook is generic."""
-        if _is_redshift(self.hook):
-            return ENGINES["generic"]
+        """The profile of the hook's dialect; Redshift behind a PostgresHook (no JSONB, no COPY) is generic."""
+        hook = self.hook
         try:
-            dialect_name = self.hook.dialect_name
-        except Exception:  # a hook that cannot tell (no SQLAlchemy URL) gets standard SQL
-            dialect_name = None
-        return engine_profile(dialect_name)
+            redshift = hook.conn_type == "postgres" and hook.connection.extra_dejson.get("redshift")
+            return engine_profile("redshift" if redshift else hook.dialect_name)
+        except Exception:  # a hook that cannot tell (no connection, no SQLAlchemy URL) gets standard SQL
+            return ENGINES["generic"]
 
     def quote(self, identifier: str) -> str:
         """``identifier`` (validated) quoted by the hook's dialect; see :attr:`EngineProfile.fold`."""
         dialect = self.hook.dialect
         if self.engine.fold is not None:
             return dialect.escape_word_format.format(self.engine.fold(identifier))
+        from sqlalchemy.sql.compiler import RESERVED_WORDS  # only engines without a profile pay this import
+
         quoted = dialect.escape_word(identifier)
-        if quoted == identifier and identifier.lower() in _standard_reserved_words():
+        if quoted == identifier and identifier.lower() in RESERVED_WORDS:
             quoted = dialect.escape_word_format.format(identifier)
         return quoted
 
@@ -304,16 +274,9 @@ class WarehouseTable:
         """The quoted, possibly schema-qualified table name."""
         return ".".join(self.quote(p) for p in self.name if p)
 
-    @cached_property
-    def _column_list(self) -> str:
-        return ", ".join(self.quote(c.name) for c in self.columns)
-
-    def column_type(self, column: Column) -> str:
-        return self.engine.types[column.kind]
-
     def create_sql(self) -> str:
         lines = [
-            f"{self.quote(c.name)} {self.column_type(c)}{' NOT NULL' if c.name in PRIMARY_KEY else ''}"
+            f"{self.quote(c.name)} {self.engine.types[c.kind]}{' NOT NULL' if c.name in PRIMARY_KEY else ''}"
             for c in self.columns
         ]
         lines.append(f"PRIMARY KEY ({', '.join(self.quote(k) for k in PRIMARY_KEY)})")
@@ -322,7 +285,7 @@ class WarehouseTable:
         return f"CREATE TABLE {exists}{self.qualified} (\n  {body}\n){self.engine.table_options}"
 
     def add_column_sql(self, column: Column) -> str:
-        return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.column_type(column)}"
+        return f"ALTER TABLE {self.qualified} ADD COLUMN {self.quote(column.name)} {self.engine.types[column.kind]}"
 
     # Every statement below holds validated, quoted identifiers and placeholders, never a value: noqa S608.
 
@@ -333,27 +296,14 @@ class WarehouseTable:
     def delete_sql(self) -> str:
         return f"DELETE FROM {self.qualified} WHERE {self.quote(PRIMARY_KEY[0])} = {self.hook.placeholder}"  # noqa: S608
 
-    def insert_sql(self) -> str:
+    def insert_sql(self, method: str = "executemany") -> str:
+        """The bulk statement of an insert method: ``copy``, ``execute_values`` (one ``%s``) or ``executemany``."""
+        columns = ", ".join(self.quote(c.name) for c in self.columns)
+        if method == "copy":
+            return f"COPY {self.qualified} ({columns}) FROM STDIN"
         marks = ", ".join([str(self.hook.placeholder)] * len(self.columns))
-        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES ({marks})"  # noqa: S608
-
-    def values_sql(self) -> str:
-        """psycopg2 ``execute_values`` INSERT (one ``%s`` for all the rows)."""
-        return f"INSERT INTO {self.qualified} ({self._column_list}) VALUES %s"  # noqa: S608
-
-    def copy_sql(self) -> str:
-        """PostgreSQL ``COPY ... FROM STDIN`` for every column."""
-        return f"COPY {self.qualified} ({self._column_list}) FROM STDIN"
-
-    def storage_engine_sql(self) -> tuple[str, tuple[str, ...]]:
-        """MySQL/MariaDB: the table's storage engine and whether it has transactions (one row, if it exists)."""
-        schema = "%s" if self.name.schema else "DATABASE()"
-        sql = (
-            "SELECT t.ENGINE, e.TRANSACTIONS FROM information_schema.TABLES t "  # noqa: S608
-            "LEFT JOIN information_schema.ENGINES e ON e.ENGINE = t.ENGINE "
-            f"WHERE t.TABLE_SCHEMA = {schema} AND t.TABLE_NAME = %s"
-        )
-        return sql, tuple(p for p in self.name if p)
+        values = "%s" if method == "execute_values" else f"({marks})"
+        return f"INSERT INTO {self.qualified} ({columns}) VALUES {values}"  # noqa: S608
 
     def batch_lock_key(self, batch_id: str) -> int | str:
         """A key for the engine's lock on one batch of this table: a signed 64-bit number or a short name."""
@@ -361,16 +311,6 @@ class WarehouseTable:
         if self.engine.name == "postgresql":
             return int.from_bytes(digest, "big", signed=True)
         return f"cartesia_export:{digest.hex()}"
-
-
-@cache
-def _standard_reserved_words() -> frozenset[str]:
-    from sqlalchemy.sql.compiler import RESERVED_WORDS  # only for engines without a profile: an import cost
-
-    return frozenset(RESERVED_WORDS)
-
-
-# -- errors -----------------------------------------------------------------------------------
 
 
 def describe_db_error(exc: BaseException) -> tuple[str, str | None, str]:
@@ -419,11 +359,9 @@ def is_transient_db_error(exc: BaseException) -> bool:
 
 
 def _ddl_error(table: TableName, action: str, exc: BaseException, hint: str = "") -> CartesiaWarehouseError:
-    """A failure of DDL or of reading the table's shape: transient, or a schema error (no row value involved,
-    so the driver's message is kept)."""
+    """A failure of DDL or of reading the table's shape (no row value involved: the driver's message is kept)."""
     kind, code, _ = describe_db_error(exc)
-    message = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-    what = f"{kind}{f' {code}' if code else ''}: {message}"
+    what = f"{kind}{f' {code}' if code else ''}: {(str(exc).strip().splitlines() or [''])[0][:300]}"
     if is_transient_db_error(exc):
         return CartesiaWarehouseError(
             f"Could not {action} table {table} for now: {what}. This is a transient database error (a lock held "
@@ -455,16 +393,13 @@ def _write_error(
         else ""
     )
     return CartesiaWarehouseError(
-        f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is "
-        f"not shown because it may quote row values (phone numbers, metadata).{retries}",
+        f"Writing batch {batch_id} to table {table} failed: {what}; {kept}. The database's message is not shown "
+        f"because it may quote row values (phone numbers, metadata).{retries}",
         table=str(table),
         batch_id=batch_id,
         kind=kind,
         code=code,
     )
-
-
-# -- the writer -------------------------------------------------------------------------------
 
 
 class WarehouseWriter:
@@ -487,26 +422,17 @@ class WarehouseWriter:
         if chunk_size < 1:
             raise ValueError("chunk_size must be at least 1")
         self.table = WarehouseTable(hook, table, columns)
+        self.engine = self.table.engine
+        """The engine's profile; its ``adapt_time`` is what :func:`~airflow_provider_cartesia.rows.batch_rows` needs."""
         self.hook = hook
         self.chunk_size = chunk_size
         self._conn: Any = None
-
-    @property
-    def engine(self) -> EngineProfile:
-        return self.table.engine
-
-    @property
-    def adapt_time(self) -> Callable[[datetime], Any]:
-        """How this engine takes a timestamp (pass it to :func:`~airflow_provider_cartesia.rows.batch_rows`)."""
-        return self.engine.adapt_time
 
     def __enter__(self) -> WarehouseWriter:
         self.connection  # noqa: B018 - connect now, so that a bad connection fails before any work
         return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     @property
@@ -522,10 +448,17 @@ class WarehouseWriter:
     def close(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            try:
+            with contextlib.suppress(Exception):  # a connection killed mid-write may not close cleanly
                 conn.close()
-            except Exception as exc:  # a connection killed mid-write may not close cleanly
-                self.hook.log.debug("Closing the warehouse connection failed: %s", type(exc).__name__)
+
+    @contextlib.contextmanager
+    def _cursor(self) -> Iterator[Any]:
+        cur = self.connection.cursor()
+        try:
+            yield cur
+        finally:
+            with contextlib.suppress(Exception):  # the cursor of a dead connection may fail to close
+                cur.close()
 
     def _rollback(self) -> bool:
         try:
@@ -535,65 +468,54 @@ class WarehouseWriter:
             self.hook.log.warning("Rollback failed (%s); the server discards the open transaction", type(exc).__name__)
             return False
 
-    # -- the table's shape
-
     def _query(self, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[Any]]:
         """Column names and rows of a read-only query; the transaction it opened is rolled back."""
-        cur = self.connection.cursor()
         try:
-            cur.execute(sql, params)
-            return [str(d[0]) for d in cur.description or ()], cur.fetchall()
+            with self._cursor() as cur:
+                cur.execute(sql, params)
+                return [str(d[0]) for d in cur.description or ()], cur.fetchall()
         finally:
-            _close_quietly(cur)
             self._rollback()
 
-    def existing_columns(self) -> list[str]:
-        """The table's column names, read from a query's cursor description; raises if it cannot be read."""
-        return self._query(self.table.probe_sql())[0]
-
     def ensure_table(self, *, create: bool = True, add_missing_columns: bool = False) -> list[str]:
-        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``).
-
-        Returns the columns added. A transient database error raises :class:`CartesiaWarehouseError`; anything
-        else a :class:`CartesiaWarehouseSchemaError` that says what to change.
-        """
-        name = self.table.name
+        """Create the table if missing (``create``), check its columns, add missing ones (``add_missing_columns``);
+        returns the columns added. Errors: transient, or a schema error that says what to change."""
+        name, table = self.table.name, self.table
         try:
-            existing = self.existing_columns()
+            existing = self._query(table.probe_sql())[0]
         except Exception as exc:
             if not create or is_transient_db_error(exc):
                 raise _ddl_error(name, "read", exc, " (does it exist? set create_table=True to create it)") from None
             create_error = None
             try:
-                self._run_ddl(self.table.create_sql(), "create")
+                self._run_ddl(table.create_sql(), "create")
             except CartesiaWarehouseSchemaError as error:  # or another writer created it at the same moment
                 create_error = error
             try:
-                existing = self.existing_columns()
+                existing = self._query(table.probe_sql())[0]
             except Exception as exc2:
                 raise create_error or _ddl_error(name, "read the newly created", exc2) from None
         self._check_storage_engine()
         have = {c.casefold() for c in existing}
-        missing = [c for c in self.table.columns if c.name.casefold() not in have]
+        missing = [c for c in table.columns if c.name.casefold() not in have]
         if missing and not add_missing_columns:
-            listed = ", ".join(f"{c.name} ({self.table.column_type(c)})" for c in missing)
+            listed = ", ".join(f"{c.name} ({self.engine.types[c.kind]})" for c in missing)
             raise CartesiaWarehouseSchemaError(
                 f"Table {name} lacks the columns {listed}. Add them, or set add_missing_columns=True to have "
                 "them added.",
                 table=str(name),
             )
         for column in missing:
-            self._run_ddl(self.table.add_column_sql(column), f"add column {column.name} to")
-        if missing:
-            self.hook.log.info("Added columns %s to table %s", ", ".join(c.name for c in missing), name)
+            self._run_ddl(table.add_column_sql(column), f"add column {column.name} to")
+            self.hook.log.info("Added column %s to table %s", column.name, name)
         return [c.name for c in missing]
 
     def _check_storage_engine(self) -> None:
         """MySQL/MariaDB: a table without transactions (MyISAM, Aria) would keep half a batch after a failure."""
-        if not self.engine.checks_storage_engine:
+        if self.engine.storage_engine_sql is None:
             return
         try:
-            found = self._query(*self.table.storage_engine_sql())[1]
+            found = self._query(self.engine.storage_engine_sql, tuple(self.table.name))[1]
         except Exception as exc:
             raise _ddl_error(self.table.name, "read the storage engine of", exc) from None
         engine, transactions = found[0] if found else (None, None)
@@ -606,18 +528,13 @@ class WarehouseWriter:
             )
 
     def _run_ddl(self, sql: str, action: str) -> None:
-        conn = self.connection
-        cur = conn.cursor()
         try:
-            cur.execute(sql)
-            conn.commit()
+            with self._cursor() as cur:
+                cur.execute(sql)
+                self.connection.commit()
         except Exception as exc:
             self._rollback()
             raise _ddl_error(self.table.name, action, exc) from None
-        finally:
-            _close_quietly(cur)
-
-    # -- writing
 
     def replace_batch(
         self, batch_id: str, rows: Iterable[Sequence[Any]] | Callable[[], Iterable[Sequence[Any]]]
@@ -632,55 +549,38 @@ class WarehouseWriter:
             except CartesiaWarehouseError as error:
                 if attempt >= tries or error.code not in _WRITE_CONFLICTS:
                     raise
-                self.hook.log.warning(
-                    "Write of batch %s to %s met a concurrent write (%s %s); trying again (%d of %d)",
-                    batch_id,
-                    self.table.name,
-                    error.kind,
-                    error.code,
-                    attempt,
-                    tries - 1,
-                )
+                log = "Write of batch %s to %s met a concurrent write (%s %s); trying again (%d of %d)"
+                self.hook.log.warning(log, batch_id, self.table.name, error.kind, error.code, attempt, tries - 1)
                 time.sleep(random.uniform(0, 0.05 * attempt))
                 attempt += 1
 
     def _replace_once(self, batch_id: str, rows: Iterable[Sequence[Any]]) -> int:
-        conn = self.connection
-        cur = conn.cursor()
-        committing = False
-        lock_key = self.table.batch_lock_key(batch_id) if self.engine.batch_lock_sql else None
-        try:
-            if self.engine.begin_sql:
-                cur.execute(self.engine.begin_sql)
-            if lock_key is not None:
-                self._lock_batch(cur, batch_id, lock_key)
-            cur.execute(self.table.delete_sql(), (batch_id,))
-            if not self.engine.stores_nul:
-                rows = without_nul(rows, self.table.columns)
-            written = self._insert(cur, rows)
-            committing = True
-            conn.commit()
-        except CartesiaError:
-            self._rollback()
-            raise
-        except Exception as exc:
-            rolled_back = self._rollback()
-            error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
-            self.hook.log.warning(
-                "Write of batch %s to %s failed (%s%s); %s",
-                batch_id,
-                self.table.name,
-                error.kind,
-                f" {error.code}" if error.code else "",
-                "rolled back" if rolled_back else "not committed",
-            )
-            raise error from None
-        finally:
-            if lock_key is not None and self.engine.batch_unlock_sql:
-                with contextlib.suppress(Exception):  # a lost connection has released it already
-                    cur.execute(self.engine.batch_unlock_sql, (lock_key,))
-                    cur.fetchall()
-            _close_quietly(cur)
+        engine, committing = self.engine, False
+        lock_key = self.table.batch_lock_key(batch_id) if engine.batch_lock_sql else None
+        with self._cursor() as cur:
+            try:
+                if engine.begin_sql:
+                    cur.execute(engine.begin_sql)
+                if lock_key is not None:
+                    self._lock_batch(cur, batch_id, lock_key)
+                cur.execute(self.table.delete_sql(), (batch_id,))
+                written = self._insert(cur, rows if engine.stores_nul else without_nul(rows, self.table.columns))
+                committing = True
+                self.connection.commit()
+            except Exception as exc:
+                rolled_back = self._rollback()
+                if isinstance(exc, CartesiaError):
+                    raise
+                error = _write_error(self.table.name, batch_id, exc, rolled_back, during_commit=committing)
+                what = f"{error.kind} {error.code or ''}".rstrip()
+                state = "rolled back" if rolled_back else "not committed"
+                self.hook.log.warning("Write of batch %s to %s failed (%s); %s", batch_id, self.table.name, what, state)
+                raise error from None
+            finally:
+                if lock_key is not None and engine.batch_unlock_sql:
+                    with contextlib.suppress(Exception):  # a lost connection has released it already
+                        cur.execute(engine.batch_unlock_sql, (lock_key,))
+                        cur.fetchall()
         return written
 
     def _lock_batch(self, cur: Any, batch_id: str, key: int | str) -> None:
@@ -701,36 +601,28 @@ class WarehouseWriter:
     def insert_method(self) -> str:
         """``copy`` (psycopg 3), ``execute_values`` (psycopg2: postgres providers before 6.3) or ``executemany``."""
         module = type(self.connection).__module__.split(".")[0]
-        if module == "psycopg" and not _is_redshift(self.hook):  # Redshift has no COPY FROM STDIN
+        if module == "psycopg" and self.engine.name == "postgresql":  # not Redshift: it has no COPY FROM STDIN
             return "copy"
         return "execute_values" if module == "psycopg2" else "executemany"
 
     def _insert(self, cur: Any, rows: Iterable[Sequence[Any]]) -> int:
         method = self.insert_method
-        written = 0
+        sql, send, written = self.table.insert_sql(method), cur.executemany, 0
         if method == "copy":
-            with cur.copy(self.table.copy_sql()) as copy:
-                write_row = copy.write_row
+            with cur.copy(sql) as copy:
                 for row in rows:
-                    write_row(row)
+                    copy.write_row(row)
                     written += 1
             return written
-        sql, send = self.table.insert_sql(), cur.executemany
         if method == "execute_values":
             from psycopg2.extras import execute_values  # psycopg2 is imported only where it is the driver
 
-            sql, send = self.table.values_sql(), partial(execute_values, cur, page_size=1000)
+            send = partial(execute_values, cur, page_size=1000)
         iterator = iter(rows)
         while chunk := list(islice(iterator, self.chunk_size)):
             send(sql, chunk)
             written += len(chunk)
         return written
-
-
-def _close_quietly(cur: Any) -> None:
-    # The cursor of a dead connection may fail to close; the real error is raised elsewhere.
-    with contextlib.suppress(Exception):
-        cur.close()
 
 
 _NUL = "\x00"
@@ -741,25 +633,21 @@ NUL_REPLACEMENT = "\ufffd"
 
 
 def without_nul(rows: Iterable[Sequence[Any]], columns: Sequence[Column]) -> Iterator[Sequence[Any]]:
-    """``rows`` with every U+0000 in text replaced by U+FFFD, in JSON text too (where it is written ``\\u0000``).
+    """``rows`` with every U+0000 in text, and every ``\\u0000`` in JSON text, written as U+FFFD (for PostgreSQL).
 
-    PostgreSQL stores no NUL in TEXT, nor ``\\u0000`` in JSONB. Rows without one pass unchanged.
+    Rows without one pass unchanged (the same object).
     """
-    text = tuple(i for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
-    json_positions = frozenset(i for i, c in enumerate(columns) if c.kind == "json")
+    text = tuple((i, c.kind == "json") for i, c in enumerate(columns) if c.kind in ("key", "text", "long_text", "json"))
     for row in rows:
-        for i in text:  # a plain loop: about 1 ms per 5,000 rows, a fraction of joining or regex scans
+        for i, _ in text:  # a plain loop: about 1 ms per 5,000 rows, a fraction of joining or regex scans
             value = row[i]
             if value and (_NUL in value or _JSON_NUL in value):
-                yield tuple(_nul_free_value(v, i in json_positions) for i, v in enumerate(row))
+                fixed = list(row)
+                for j, is_json in text:
+                    if isinstance(value := fixed[j], str):
+                        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value) if is_json else value
+                        fixed[j] = value.replace(_NUL, NUL_REPLACEMENT)
+                yield tuple(fixed)
                 break
         else:
             yield row
-
-
-def _nul_free_value(value: Any, is_json: bool) -> Any:
-    if not isinstance(value, str):
-        return value
-    if is_json:
-        value = _JSON_NUL_ESCAPE.sub("\\1" + NUL_REPLACEMENT, value)
-    return value.replace(_NUL, NUL_REPLACEMENT)

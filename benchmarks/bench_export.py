@@ -133,7 +133,7 @@ def raw_bulk(hook: Any, table: Any, rows: list[tuple[Any, ...]]) -> None:
     try:
         cur = conn.cursor()
         if type(conn).__module__.split(".")[0] == "psycopg":
-            with cur.copy(table.copy_sql()) as copy:
+            with cur.copy(table.insert_sql("copy")) as copy:
                 for row in rows:
                     copy.write_row(row)
         else:

@@ -92,7 +92,7 @@ def writer_for(engine: Engine, table: str | None = None, **kwargs: Any) -> Wareh
 
 
 def rows_of(writer: WarehouseWriter, batch: CallBatch) -> Iterator[tuple[Any, ...]]:
-    return batch_rows(batch, exported_at=EXPORTED, adapt_time=writer.adapt_time)
+    return batch_rows(batch, exported_at=EXPORTED, adapt_time=writer.engine.adapt_time)
 
 
 # -- names (no database) ----------------------------------------------------------------------

@@ -1,7 +1,6 @@
 """CallBatchToWarehouseOperator: every recipient's outcome of Cartesia call batches, into a SQL table.
 
-It only composes: the Cartesia hook reads the batches, :mod:`~airflow_provider_cartesia.rows` makes the
-rows and :mod:`~airflow_provider_cartesia.warehouse` writes them.
+It only composes: the hook reads, :mod:`.rows` makes the rows, :mod:`.warehouse` writes them.
 """
 
 from __future__ import annotations
@@ -9,7 +8,7 @@ from __future__ import annotations
 import ast
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -41,11 +40,7 @@ ASSET_SCHEME = "cartesia-warehouse"
 
 
 def warehouse_table_asset(warehouse_conn_id: str, table: str = DEFAULT_TABLE) -> Asset:
-    """The Airflow Asset standing for the export table, ``cartesia-warehouse://<conn id>/<table>``.
-
-    The operator adds it to its outlets with ``table_asset=True``; use the same call in a consumer
-    DAG's ``schedule`` to run it after each export.
-    """
+    """The export table's Asset, ``cartesia-warehouse://<conn id>/<table>``; ``table_asset=True`` adds it."""
     name = parse_table_name(table)
     return Asset(uri=f"{ASSET_SCHEME}://{warehouse_conn_id}/{name}", name=f"{warehouse_conn_id}.{name}")
 
@@ -59,9 +54,7 @@ def batches_updated_between(
 ) -> Iterator[CallBatch]:
     """Batches whose ``last_updated_at`` lies in ``[updated_since, updated_before)``, from a newest-created-first list.
 
-    A batch can change long after its creation, so the whole list is read, unless ``max_batch_age``
-    promises that none changes later than that: then paging stops at ``updated_since - max_batch_age``.
-    Batches created at or after ``updated_before`` are skipped (``last_updated_at >= created_at``).
+    The whole list is read, unless ``max_batch_age`` stops paging at ``updated_since - max_batch_age``.
     """
     oldest = updated_since - max_batch_age if max_batch_age is not None else None
     for batch in batches:
@@ -78,12 +71,9 @@ def batches_updated_between(
 class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
     """Export every recipient of Cartesia call batches, with its outcome, into a SQL table.
 
-    One row per ``(batch_id, recipient_id)``, each batch replaced in one transaction (a rerun leaves
-    one row per recipient; a failure leaves the batch's previous rows). With neither ``batch_id`` nor
-    ``batch_ids``, every batch updated in ``[updated_since, updated_before)``, by default the run's
-    data interval. Personal data goes to the table only; logs, errors and the XCom carry ids and
-    counts. Returns a summary: ``table``, ``batch_ids``, ``rows_written``, ``status_counts``,
-    ``end_reason_counts``, ``columns_added`` and, in scheduled mode, ``window``. See docs/exporting.md.
+    One row per ``(batch_id, recipient_id)``, each batch replaced in one transaction. With neither
+    ``batch_id`` nor ``batch_ids``, every batch updated in ``[updated_since, updated_before)``, by
+    default the run's data interval. Returns a summary of ids and counts. See docs/exporting.md.
 
     :param warehouse_conn_id: a connection with a common-sql DB-API hook (postgres, mysql, sqlite, ...).
     :param table: ``table`` or ``schema.table`` (templated); letters, digits and ``_`` only.
@@ -135,18 +125,15 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
     ) -> None:
         if batch_id is not None and batch_ids is not None:
             raise ValueError("Pass batch_id or batch_ids, not both")
-        by_window = {
-            "updated_since": updated_since,
-            "updated_before": updated_before,
-            "agent_id": agent_id,
-            "max_batch_age": max_batch_age,
-        }
-        if batch_id is not None or batch_ids is not None:
-            given = [name for name, value in by_window.items() if value is not None]
-            if given:
-                raise ValueError(f"{', '.join(given)} select batches only when no batch_id or batch_ids is given")
-        if include_transcript and not include_calls:
-            raise ValueError("include_transcript=True needs include_calls=True")
+        by_id = batch_id is not None or batch_ids is not None
+        by_window = zip(
+            ("updated_since", "updated_before", "agent_id", "max_batch_age"),
+            (updated_since, updated_before, agent_id, max_batch_age),
+            strict=True,
+        )
+        if given := [name for name, value in by_window if value is not None and by_id]:
+            raise ValueError(f"{', '.join(given)} select batches only when no batch_id or batch_ids is given")
+        export_columns(include_calls=include_calls, include_transcript=include_transcript)  # raises if contradictory
         if max_batch_age is not None and max_batch_age < timedelta(0):
             raise ValueError("max_batch_age must not be negative")
         if not _is_template(table):
@@ -163,7 +150,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         self.batch_ids = batch_ids
         # Remembered before rendering: ids that render to None (an upstream XCom that was never pushed)
         # must fail, not quietly widen the export to every batch updated in the data interval.
-        self._selects_by_id = batch_id is not None or batch_ids is not None
+        self._selects_by_id = by_id
         self.agent_id = agent_id
         self.updated_since = updated_since
         self.updated_before = updated_before
@@ -201,11 +188,11 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
                 end_reasons.update(r.end_reason or "none" for r in batch.recipients or ())
                 self._exported.append(batch_id)
         self.log.info(
-            "Exported %d batch(es), %s rows, into %s; recipients by status: %s",
+            "Exported %d batch(es), %d rows, into %s; recipients by status: %s",
             len(batch_ids),
-            f"{rows_written:,}",
+            rows_written,
             table,
-            dict(statuses) or "-",
+            dict(statuses),
         )
         summary: dict[str, Any] = {
             "table": str(table),
@@ -225,32 +212,19 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         _check_recipients(batch)
         calls = None
         if self.include_calls:
-            calls = collect_call_outcomes(
-                batch.recipients or [],
-                self.hook.list_agent_calls(batch_id=batch.id, expand_transcript=self.include_transcript),
-                keep_transcript=self.include_transcript,
-            )
-        fetched = time.monotonic()
-        exported_at = datetime.now(timezone.utc)
-
+            listed = self.hook.list_agent_calls(batch_id=batch.id, expand_transcript=self.include_transcript)
+            calls = collect_call_outcomes(batch.recipients or [], listed, keep_transcript=self.include_transcript)
         rows = partial(  # a callable: made again if a deadlock makes the writer try again
             batch_rows,
             batch,
-            exported_at=exported_at,
-            adapt_time=writer.adapt_time,
+            exported_at=datetime.now(timezone.utc),
+            adapt_time=writer.engine.adapt_time,
             calls=calls,
             include_transcript=self.include_transcript,
         )
         written = writer.replace_batch(batch.id, rows)
-        self.log.info(
-            "Batch %s (%s): %s rows written in %.2f s (fetch %.2f s, write %.2f s)",
-            batch.id,
-            batch.status,
-            f"{written:,}",
-            time.monotonic() - started,
-            fetched - started,
-            time.monotonic() - fetched,
-        )
+        elapsed = time.monotonic() - started
+        self.log.info("Batch %s (%s): %d rows written in %.2f s", batch.id, batch.status, written, elapsed)
         return batch, written
 
     def _select_batches(self, context: Context) -> tuple[list[str], tuple[datetime, datetime] | None]:
@@ -272,13 +246,8 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
             raise AirflowFailException(f"updated_since ({since.isoformat()}) is after updated_before ({before})")
         listed = self.hook.list_call_batches(agent_id=self.agent_id)
         selected = [b.id for b in batches_updated_between(listed, since, before, max_batch_age=self.max_batch_age)]
-        self.log.info(
-            "%d batch(es)%s updated in [%s, %s)",
-            len(selected),
-            f" of agent {self.agent_id}" if self.agent_id else "",
-            since.isoformat(),
-            before.isoformat(),
-        )
+        agent = f" of agent {self.agent_id}" if self.agent_id else ""
+        self.log.info("%d batch(es)%s updated in [%s, %s)", len(selected), agent, since.isoformat(), before.isoformat())
         return list(dict.fromkeys(selected)), (since, before)
 
     def _window(self, context: Context) -> tuple[datetime, datetime]:
@@ -289,12 +258,11 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         """
         since = _aware(self.updated_since, "updated_since")
         before = _aware(self.updated_before, "updated_before")
-        start = _aware(context_value(context, "data_interval_start"), "data_interval_start")
-        end = _aware(context_value(context, "data_interval_end"), "data_interval_end")
+        start, end, previous = (
+            _aware(context.get(key), key)
+            for key in ("data_interval_start", "data_interval_end", "prev_data_interval_end_success")
+        )
         if since is None and start is not None and start == end:
-            previous = _aware(
-                context_value(context, "prev_data_interval_end_success"), "prev_data_interval_end_success"
-            )
             if previous is None or previous >= start:
                 raise AirflowFailException(
                     f"This run's data interval is a single instant ({start.isoformat()}; Airflow 3's default cron "
@@ -321,10 +289,7 @@ class CallBatchToWarehouseOperator(CartesiaHookMixin, BaseOperator):
         except ImportError:
             return None
         inputs, output = self.lineage_datasets()
-        return OperatorLineage(
-            inputs=[Dataset(namespace=ns, name=name) for ns, name in inputs],
-            outputs=[Dataset(namespace=output[0], name=output[1])],
-        )
+        return OperatorLineage(inputs=[Dataset(*dataset) for dataset in inputs], outputs=[Dataset(*output)])
 
     def lineage_datasets(self) -> tuple[list[tuple[str, str]], tuple[str, str]]:
         """``(namespace, name)`` of each exported batch and of the table, in OpenLineage's naming."""
@@ -360,32 +325,20 @@ def _is_template(value: Any) -> bool:
 
 def _parse_batch_ids(value: Sequence[str] | str) -> list[str]:
     """A list of ids from a list, ``"acb_1,acb_2"`` or a rendered ``"['acb_1', 'acb_2']"``; order kept, no repeats."""
-    items: Iterable[Any]
+    items: Iterable[Any] = value
     if isinstance(value, str):
         text = value.strip()
-        if text.startswith("["):
-            try:
-                parsed = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                raise AirflowFailException("batch_ids is neither a list nor comma-separated ids") from None
-            items = parsed if isinstance(parsed, (list, tuple)) else [parsed]
-        else:
-            items = text.split(",")
-    else:
-        items = value
-    ids = [str(item).strip() for item in items]
-    return list(dict.fromkeys(i for i in ids if i))
-
-
-def context_value(context: Context | Mapping[str, Any], key: str) -> Any:
-    """``context[key]`` itself, or None: Airflow 3.3 hands some values over as lazy proxies, and a proxy
-    around None is not None."""
-    value = context.get(key)
-    return None if value is None else getattr(value, "__wrapped__", value)
+        try:
+            items = ast.literal_eval(text) if text.startswith("[") else text.split(",")
+        except (ValueError, SyntaxError):
+            raise AirflowFailException("batch_ids is neither a list nor comma-separated ids") from None
+    return list(dict.fromkeys(i for i in (str(item).strip() for item in items) if i))
 
 
 def _aware(value: Any, name: str) -> datetime | None:
+    """``value`` as an aware UTC datetime; a context value may be a lazy proxy (Airflow 3.3), and one around None
+    is not None."""
     try:
-        return aware_datetime(value, name)
+        return aware_datetime(getattr(value, "__wrapped__", value), name)
     except ValueError as exc:  # bad user input: retrying cannot fix it
         raise AirflowFailException(str(exc)) from None

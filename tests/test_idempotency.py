@@ -12,7 +12,6 @@ from airflow_provider_cartesia.idempotency import (
     Campaign,
     DuplicateRiskError,
     parse_tag,
-    part_name,
     parts_report,
     plan_parts,
     recipients_fingerprint,
@@ -25,6 +24,10 @@ from airflow_provider_cartesia.models import CallBatch
 T0 = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 KEY = task_instance_key("campaigns", "create", "scheduled__2026-06-01T00:00:00+00:00", -1)
 FP = recipients_fingerprint([{"to_number": "+14155550100"}])
+
+
+def part_name(name: str, key: str, fingerprint: str, part: int, parts: int) -> str:
+    return Campaign(key, None, fingerprint, parts).part_name(name, part)
 
 
 def _batch(name: str, minutes_ago: float = 0, batch_id: str | None = None) -> CallBatch:

@@ -1,8 +1,4 @@
-"""Creating a call batch at most once per task instance, although Cartesia has no idempotency key.
-
-Each batch's name carries a tag, ``Spring renewals (2/3) [af:<key>.<list>]``; a try lists the agent's
-batches and adopts what an earlier try created. How and why: docs/campaigns.md.
-"""
+"""A call batch at most once per task instance: names carry a tag that later tries find (docs/campaigns.md)."""
 
 from __future__ import annotations
 

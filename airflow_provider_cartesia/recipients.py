@@ -40,9 +40,7 @@ class InvalidRecipientsError(ValueError):
 
 def mask_number(value: object) -> str:
     """At most the first four characters of ``value`` then ``…``: enough to find the row, not to dial it."""
-    if not isinstance(value, str):
-        return f"a {type(value).__name__}"
-    return f"{value[: min(4, len(value) // 2)]}…"
+    return f"{value[: min(4, len(value) // 2)]}…" if isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def _metadata_problem(metadata: object) -> str | None:
@@ -102,10 +100,8 @@ def _recipient(number: Any, metadata: Mapping[str, Any] | None) -> dict[str, Any
 
 
 def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool = False) -> list[dict[str, Any]]:
-    """Check every recipient and return them as the API takes them.
+    """Check every recipient (``to_number``, optional ``metadata``) and return them as the API takes them.
 
-    :param items: mappings with ``to_number`` (E.164 text) and optionally ``metadata`` (a JSON object).
-    :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
     :raises InvalidRecipientsError: naming each bad row by position (first few shown), or when empty.
     """
     problems: list[str] = []
@@ -130,11 +126,9 @@ def refused_recipient(error: Exception, count: int) -> int | None:
     return int(match[1]) if match and int(match[1]) < count else None
 
 
-def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_RECIPIENTS_PER_BATCH) -> list[list[Any]]:
-    """``items`` in as few batches as the limit allows, of balanced sizes, order kept (5,001: 2,501 + 2,500)."""
-    if max_per_batch < 1:
-        raise ValueError("max_per_batch must be at least 1")
-    parts = math.ceil(len(items) / max_per_batch)
+def split_recipients(items: Sequence[Any]) -> list[list[Any]]:
+    """``items`` in as few batches as the API takes, of balanced sizes, order kept (5,001: 2,501 + 2,500)."""
+    parts = math.ceil(len(items) / MAX_RECIPIENTS_PER_BATCH)
     size, extra = divmod(len(items), parts or 1)
     bounds = [index * size + min(index, extra) for index in range(parts + 1)]
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
@@ -166,17 +160,13 @@ def _row_metadata(raw: Any, columns: Mapping[str, Any]) -> dict[str, Any] | None
             raise ValueError("the metadata column is not valid JSON") from None
     if raw is not None and not isinstance(raw, Mapping):
         raise ValueError(f"the metadata column must hold a JSON object, got a {type(raw).__name__}")
-    for name in columns:
-        if raw is not None and name in raw:
-            raise ValueError(f"column {name} is also a key of the metadata column")
+    if clashes := [name for name in columns if name in (raw or {})]:
+        raise ValueError(f"column {clashes[0]} is also a key of the metadata column")
     return None if raw is None and not columns else {**(raw or {}), **columns}
 
 
 def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Rows of a query as recipients: ``to_number``, a ``metadata`` JSON object, other columns as metadata keys.
-
-    Column names are matched case-insensitively; validate the result with :func:`validate_recipients`.
-    """
+    """Rows of a query as recipients, each column other than ``to_number`` and ``metadata`` a metadata key."""
     lowered = [str(c).lower() for c in columns]
     if "to_number" not in lowered:
         shown = ", ".join(str(c) for c in columns) or "none"

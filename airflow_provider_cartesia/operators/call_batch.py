@@ -549,7 +549,7 @@ class CancelCallBatchOperator(BaseOperator):
             _fail(f"batch_id must be a batch id or a list of them, got {self.batch_id!r}")
         context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
         summaries: list[dict[str, Any]] = []
-        failures: dict[str, CartesiaError] = {}
+        failures: dict[str, BaseException] = {}
         for batch_id in ids:
             try:
                 summaries.append(self._cancel(batch_id))
@@ -571,7 +571,7 @@ class CancelCallBatchOperator(BaseOperator):
             )
         if all(is_permanent(exc) for exc in failures.values()):
             _fail(message, first)
-        raise first if single else CartesiaCancelError(message, failures=dict(failures))
+        raise first if single else CartesiaCancelError(message, failures=failures)
 
     def _cancel(self, batch_id: str) -> dict[str, Any]:
         before = self.hook.get_call_batch(batch_id)

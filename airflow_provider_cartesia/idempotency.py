@@ -128,14 +128,11 @@ class PartsPlan:
 def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
     """Adopt the parts of this very list earlier tries created (the oldest, when two tries raced).
 
-    A *different* earlier list is adopted whole when complete (nothing is sent); otherwise, or with two
-    earlier lists, :class:`DuplicateRiskError`: the missing parts could call someone a second time.
+    Another earlier list is adopted whole when it is complete and the only one (nothing is sent); otherwise
+    :class:`DuplicateRiskError`: the missing parts of either list could call someone a second time.
     """
     lists = {(t.parts, t.fingerprint) for t in found}
-    if len(lists) > 1:
-        ids = ", ".join(f"{t.batch.id} (list {t.fingerprint}, part {t.part} of {t.parts})" for t in found)
-        raise DuplicateRiskError(f"earlier tries of this task created batches for different recipient lists: {ids}")
-    parts, fingerprint = lists.pop() if lists else (campaign.parts, campaign.fingerprint)
+    parts, fingerprint = lists.pop() if len(lists) == 1 else (campaign.parts, campaign.fingerprint)
     plan = PartsPlan(adopt={}, parts=parts)
     for tagged in sorted(found, key=lambda t: utc(t.batch.created_at) if t.batch.created_at else _NEVER):
         if tagged.part in plan.adopt:
@@ -145,13 +142,10 @@ def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
             )
         else:
             plan.adopt[tagged.part] = tagged.batch
-    if (parts, fingerprint) != (campaign.parts, campaign.fingerprint):
-        ids = ", ".join(b.id for _, b in sorted(plan.adopt.items()))
-        earlier = (
-            f"an earlier try of this task created {len(plan.adopt)} of {parts} part(s) ({ids}) for a different "
-            f"recipient list than this try has ({campaign.parts} part(s))"
-        )
-        if plan.create:
+    if lists or (parts, fingerprint) != (campaign.parts, campaign.fingerprint):  # ``lists``: a second list left
+        ids = ", ".join(f"{t.batch.id} (part {t.part} of {t.parts}, list {t.fingerprint})" for t in found)
+        earlier = f"earlier tries of this task created batches for another recipient list than this try's: {ids}"
+        if lists or plan.create:
             raise DuplicateRiskError(f"{earlier}; creating the missing parts could call someone twice")
         plan.notes.append(f"{earlier}; adopting them and sending nothing")
     return plan

@@ -74,8 +74,7 @@ def _recipient_problem(item: Any, position: int, first_seen: dict[str, int], all
     """What is wrong with recipient #``position``, or None (``first_seen`` remembers each number's first row)."""
     if not isinstance(item, Mapping):
         return f"must be an object with to_number and metadata, got a {type(item).__name__}"
-    unknown = sorted(str(k) for k in item if k not in ("to_number", "metadata"))
-    if unknown:
+    if unknown := sorted(str(k) for k in item if k not in ("to_number", "metadata")):
         return f"unknown field(s) {', '.join(unknown)}; put extra fields in metadata"
     number = item.get("to_number")
     if not isinstance(number, str):

@@ -93,11 +93,6 @@ def _recipient_problem(item: Any, position: int, first_seen: dict[str, int], all
     return None
 
 
-def _recipient(number: Any, metadata: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A recipient as the API takes it: ``metadata`` left out when null."""
-    return {"to_number": number} if metadata is None else {"to_number": number, "metadata": dict(metadata)}
-
-
 def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool = False) -> list[dict[str, Any]]:
     """Check every recipient (``to_number``, optional ``metadata``) and return them as the API takes them.
 
@@ -111,7 +106,8 @@ def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool =
         if problem := _recipient_problem(item, count, first_seen, allow_duplicate_numbers):
             problems.append(f"recipient #{count}: {problem}")
         else:
-            out.append(_recipient(item["to_number"], item.get("metadata")))
+            metadata = item.get("metadata")
+            out.append({"to_number": item["to_number"]} | ({} if metadata is None else {"metadata": dict(metadata)}))
     if count == 0:
         raise InvalidRecipientsError(["there are none; a batch needs at least one recipient"], 0)
     if problems:
@@ -165,7 +161,7 @@ def _row_metadata(raw: Any, columns: Mapping[str, Any]) -> dict[str, Any] | None
 
 
 def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Rows of a query as recipients, each column other than ``to_number`` and ``metadata`` a metadata key."""
+    """Rows of a query as recipients (``metadata`` may be None), each other column a metadata key."""
     lowered = [str(c).lower() for c in columns]
     if "to_number" not in lowered:
         shown = ", ".join(str(c) for c in columns) or "none"
@@ -181,9 +177,8 @@ def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) 
     for position, row in enumerate(rows, start=1):
         try:
             values = {name: _json_value(name, row[i]) for i, name in others}
-            out.append(
-                _recipient(row[number_at], _row_metadata(None if metadata_at is None else row[metadata_at], values))
-            )
+            metadata = _row_metadata(None if metadata_at is None else row[metadata_at], values)
+            out.append({"to_number": row[number_at], "metadata": metadata})
         except ValueError as exc:
             problems.append(f"recipient #{position} (row {position} of the query): {exc}")
     if problems:

@@ -192,14 +192,11 @@ def load_recipients_from_sql(
     """Run ``sql`` on Airflow connection ``conn_id`` (any common-sql hook); neither rows nor parameters are logged."""
     from airflow_provider_cartesia.warehouse import get_warehouse_hook  # import cost: only a SQL source needs it
 
-    hook = get_warehouse_hook(conn_id)
-    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cursor:
+    with closing(get_warehouse_hook(conn_id).get_conn()) as conn, closing(conn.cursor()) as cursor:
         if parameters is None:
             cursor.execute(sql)
         else:
             cursor.execute(sql, parameters)
         if cursor.description is None:
             raise InvalidRecipientsError(["recipients_sql returned no result set; it must be a SELECT"])
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-    return recipients_from_rows(columns, rows)
+        return recipients_from_rows([d[0] for d in cursor.description], cursor.fetchall())

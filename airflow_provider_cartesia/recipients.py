@@ -1,8 +1,6 @@
 """Recipients of a call batch: validated, loaded from SQL, and split into batches the API accepts.
 
-Everything is checked before a request is sent. Errors name a row by its 1-based position
-(``recipient #17``) and show at most four characters of a number (``+141…``), never a whole number
-or any metadata. The rules: docs/campaigns.md.
+Errors name a row by position and mask numbers (rules: docs/campaigns.md).
 """
 
 from __future__ import annotations
@@ -24,11 +22,7 @@ from airflow_provider_cartesia.models import MAX_RECIPIENTS_PER_BATCH
 E164 = re.compile(r"\+[1-9][0-9]{1,14}")
 # Cartesia documents no depth limit, but JSON encoders recurse per level (Python's fails near 1,000).
 MAX_METADATA_DEPTH = 100
-NUL = "\x00"
 MAX_ERRORS_SHOWN = 5
-RECIPIENT_KEYS = frozenset({"to_number", "metadata"})
-TO_NUMBER_COLUMN = "to_number"
-METADATA_COLUMN = "metadata"
 _REFUSED_RECIPIENT = re.compile(r"\brecipients\[(\d+)\]")
 
 
@@ -46,9 +40,7 @@ class InvalidRecipientsError(ValueError):
 
 def mask_number(value: object) -> str:
     """At most the first four characters of ``value`` then ``…``: enough to find the row, not to dial it."""
-    if not isinstance(value, str):
-        return f"a {type(value).__name__}"
-    return f"{value[: min(4, len(value) // 2)]}…"
+    return f"{value[: min(4, len(value) // 2)]}…" if isinstance(value, str) else f"a {type(value).__name__}"
 
 
 def _metadata_problem(metadata: object) -> str | None:
@@ -63,12 +55,12 @@ def _metadata_problem(metadata: object) -> str | None:
         if isinstance(value, (Mapping, list, tuple)) and depth > MAX_METADATA_DEPTH:
             return f"metadata is nested more than {MAX_METADATA_DEPTH} levels deep (or contains itself); flatten it"
         if isinstance(value, Mapping):
-            if any(isinstance(key, str) and NUL in key for key in value):
+            if any(isinstance(key, str) and "\x00" in key for key in value):
                 return "a metadata key holds a NUL character (\\u0000); remove it"
             stack.extend((item, depth + 1) for item in value.values())
         elif isinstance(value, (list, tuple)):
             stack.extend((item, depth + 1) for item in value)
-        elif isinstance(value, str) and NUL in value:
+        elif isinstance(value, str) and "\x00" in value:
             return "a metadata text value holds a NUL character (\\u0000); remove it"
     try:
         json.dumps(metadata, ensure_ascii=False, allow_nan=False)
@@ -82,8 +74,7 @@ def _recipient_problem(item: Any, position: int, first_seen: dict[str, int], all
     """What is wrong with recipient #``position``, or None (``first_seen`` remembers each number's first row)."""
     if not isinstance(item, Mapping):
         return f"must be an object with to_number and metadata, got a {type(item).__name__}"
-    unknown = sorted(str(k) for k in item if k not in RECIPIENT_KEYS)
-    if unknown:
+    if unknown := sorted(str(k) for k in item if k not in ("to_number", "metadata")):
         return f"unknown field(s) {', '.join(unknown)}; put extra fields in metadata"
     number = item.get("to_number")
     if not isinstance(number, str):
@@ -91,23 +82,20 @@ def _recipient_problem(item: Any, position: int, first_seen: dict[str, int], all
     if not E164.fullmatch(number):
         masked = mask_number(number)
         return f"to_number is not E.164 ({masked}): + and a country code, 2 to 15 ASCII digits (0-9), no spaces"
-    metadata = item.get("metadata")
-    problem = _metadata_problem(metadata) if metadata is not None else None
-    earlier = first_seen.setdefault(number, position) if problem is None else position
+    if item.get("metadata") is not None and (problem := _metadata_problem(item["metadata"])):
+        return problem
+    earlier = first_seen.setdefault(number, position)
     if earlier != position and not allow_duplicates:
         return (
             f"to_number repeats recipient #{earlier} ({mask_number(number)}); "
             "set allow_duplicate_numbers=True to dial a number more than once"
         )
-    return problem
+    return None
 
 
 def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool = False) -> list[dict[str, Any]]:
-    """Check every recipient and return them as the API takes them (``metadata`` left out when null).
+    """Check every recipient (``to_number``, optional ``metadata``) and return them as the API takes them.
 
-    :param items: mappings with ``to_number`` (E.164 text, ASCII digits) and optionally ``metadata`` (a
-        JSON object). Any other key is an error: put extra fields in ``metadata``.
-    :param allow_duplicate_numbers: accept a number listed twice (dialed twice). Off by default.
     :raises InvalidRecipientsError: naming each bad row by position (first few shown), or when empty.
     """
     problems: list[str] = []
@@ -115,13 +103,11 @@ def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool =
     first_seen: dict[str, int] = {}
     count = 0
     for count, item in enumerate(items, start=1):
-        problem = _recipient_problem(item, count, first_seen, allow_duplicate_numbers)
-        if problem:
+        if problem := _recipient_problem(item, count, first_seen, allow_duplicate_numbers):
             problems.append(f"recipient #{count}: {problem}")
-        elif item.get("metadata") is None:
-            out.append({"to_number": item["to_number"]})
         else:
-            out.append({"to_number": item["to_number"], "metadata": dict(item["metadata"])})
+            metadata = item.get("metadata")
+            out.append({"to_number": item["to_number"]} | ({} if metadata is None else {"metadata": dict(metadata)}))
     if count == 0:
         raise InvalidRecipientsError(["there are none; a batch needs at least one recipient"], 0)
     if problems:
@@ -131,28 +117,19 @@ def validate_recipients(items: Iterable[Any], *, allow_duplicate_numbers: bool =
 
 def refused_recipient(error: Exception, count: int) -> int | None:
     """The 0-based index of the recipient a create's 400/422 names (``recipients[3].metadata ...``), or None."""
-    if not isinstance(error, CartesiaBadRequestError):
-        return None
-    match = _REFUSED_RECIPIENT.search(error.message or "")
-    if match is None or int(match[1]) >= count:
-        return None
-    return int(match[1])
+    match = _REFUSED_RECIPIENT.search(error.message or "") if isinstance(error, CartesiaBadRequestError) else None
+    return int(match[1]) if match and int(match[1]) < count else None
 
 
-def split_recipients(items: Sequence[Any], max_per_batch: int = MAX_RECIPIENTS_PER_BATCH) -> list[list[Any]]:
-    """``items`` in as few batches as the limit allows, of balanced sizes, order kept.
-
-    5,000 recipients stay one batch; 5,001 become 2,501 + 2,500; 12,000 become 3 batches of 4,000.
-    """
-    if max_per_batch < 1:
-        raise ValueError("max_per_batch must be at least 1")
-    parts = math.ceil(len(items) / max_per_batch)
+def split_recipients(items: Sequence[Any]) -> list[list[Any]]:
+    """``items`` in as few batches as the API takes, of balanced sizes, order kept (5,001: 2,501 + 2,500)."""
+    parts = math.ceil(len(items) / MAX_RECIPIENTS_PER_BATCH)
     size, extra = divmod(len(items), parts or 1)
     bounds = [index * size + min(index, extra) for index in range(parts + 1)]
     return [list(items[bounds[i] : bounds[i + 1]]) for i in range(parts)]
 
 
-def json_value(value: Any) -> Any:
+def _json_value(column: str, value: Any) -> Any:
     """A database value as a JSON-safe metadata value (dates as ISO 8601, decimals as numbers)."""
     if value is None or isinstance(value, (bool, int, float, str, Mapping, list, tuple)):
         return value  # JSON / array columns (psycopg parses them) are checked when validated
@@ -162,64 +139,48 @@ def json_value(value: Any) -> Any:
         return value.isoformat()
     if isinstance(value, UUID):
         return str(value)
-    raise TypeError(f"a {type(value).__name__} value has no JSON form")
+    raise ValueError(f"column {column}: a {type(value).__name__} value has no JSON form")
 
 
-def _row_metadata(row: Sequence[Any], metadata_at: int | None, others: list[tuple[int, str]]) -> dict[str, Any] | None:
-    """A row's metadata: its metadata column's object plus a key per other column (ValueError: why not)."""
-    raw = None if metadata_at is None else row[metadata_at]
-    metadata: dict[str, Any] | None = None
-    if raw is not None:
-        if isinstance(raw, (bytes, bytearray, memoryview)):
-            raw = bytes(raw).decode("utf-8", errors="replace")
-        if isinstance(raw, str):
-            try:
-                raw = json.loads(raw)
-            except RecursionError:
-                raise ValueError("the metadata column is nested too deeply to read as JSON") from None
-            except ValueError:
-                raise ValueError("the metadata column is not valid JSON") from None
-        if not isinstance(raw, Mapping):
-            raise ValueError(f"the metadata column must hold a JSON object, got a {type(raw).__name__}")
-        metadata = dict(raw)
-    if others:
-        metadata = metadata or {}
-        for index, name in others:
-            if name in metadata:
-                raise ValueError(f"column {name} is also a key of the metadata column")
-            try:
-                metadata[name] = json_value(row[index])
-            except TypeError as exc:
-                raise ValueError(f"column {name}: {exc}") from None
-    return metadata
+def _row_metadata(raw: Any, columns: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The metadata column's object (``raw``) plus the other ``columns`` as keys (ValueError: why not)."""
+    if isinstance(raw, (bytes, bytearray, memoryview)):
+        raw = bytes(raw).decode("utf-8", errors="replace")
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except RecursionError:
+            raise ValueError("the metadata column is nested too deeply to read as JSON") from None
+        except ValueError:
+            raise ValueError("the metadata column is not valid JSON") from None
+    if raw is not None and not isinstance(raw, Mapping):
+        raise ValueError(f"the metadata column must hold a JSON object, got a {type(raw).__name__}")
+    if clashes := [name for name in columns if name in (raw or {})]:
+        raise ValueError(f"column {clashes[0]} is also a key of the metadata column")
+    return None if raw is None and not columns else {**(raw or {}), **columns}
 
 
 def recipients_from_rows(columns: Sequence[str], rows: Iterable[Sequence[Any]]) -> list[dict[str, Any]]:
-    """Rows of a query as recipient mappings (validate them with :func:`validate_recipients`).
-
-    Column names are matched case-insensitively. ``to_number`` is required. A ``metadata`` column
-    holds a JSON object (text, or already parsed) or NULL; every other column becomes a metadata key
-    of the same name (a key also in the ``metadata`` object is an error).
-    """
+    """Rows of a query as recipients (``metadata`` may be None), each other column a metadata key."""
     lowered = [str(c).lower() for c in columns]
-    if TO_NUMBER_COLUMN not in lowered:
+    if "to_number" not in lowered:
         shown = ", ".join(str(c) for c in columns) or "none"
         raise InvalidRecipientsError([f"the query returns no to_number column (columns: {shown})"])
-    for name in (TO_NUMBER_COLUMN, METADATA_COLUMN):
+    for name in ("to_number", "metadata"):
         if lowered.count(name) > 1:
             raise InvalidRecipientsError([f"the query returns the {name} column more than once"])
-    number_at = lowered.index(TO_NUMBER_COLUMN)
-    metadata_at = lowered.index(METADATA_COLUMN) if METADATA_COLUMN in lowered else None
+    number_at = lowered.index("to_number")
+    metadata_at = lowered.index("metadata") if "metadata" in lowered else None
     others = [(i, str(columns[i])) for i in range(len(columns)) if i not in (number_at, metadata_at)]
     out: list[dict[str, Any]] = []
     problems: list[str] = []
     for position, row in enumerate(rows, start=1):
         try:
-            metadata = _row_metadata(row, metadata_at, others)
+            values = {name: _json_value(name, row[i]) for i, name in others}
+            metadata = _row_metadata(None if metadata_at is None else row[metadata_at], values)
+            out.append({"to_number": row[number_at], "metadata": metadata})
         except ValueError as exc:
             problems.append(f"recipient #{position} (row {position} of the query): {exc}")
-            continue
-        out.append({"to_number": row[number_at]} | ({"metadata": metadata} if metadata is not None else {}))
     if problems:
         raise InvalidRecipientsError(problems)
     return out
@@ -231,14 +192,11 @@ def load_recipients_from_sql(
     """Run ``sql`` on Airflow connection ``conn_id`` (any common-sql hook); neither rows nor parameters are logged."""
     from airflow_provider_cartesia.warehouse import get_warehouse_hook  # import cost: only a SQL source needs it
 
-    hook = get_warehouse_hook(conn_id)
-    with closing(hook.get_conn()) as conn, closing(conn.cursor()) as cursor:
+    with closing(get_warehouse_hook(conn_id).get_conn()) as conn, closing(conn.cursor()) as cursor:
         if parameters is None:
             cursor.execute(sql)
         else:
             cursor.execute(sql, parameters)
         if cursor.description is None:
             raise InvalidRecipientsError(["recipients_sql returned no result set; it must be a SELECT"])
-        columns = [d[0] for d in cursor.description]
-        rows = cursor.fetchall()
-    return recipients_from_rows(columns, rows)
+        return recipients_from_rows([d[0] for d in cursor.description], cursor.fetchall())

@@ -12,7 +12,6 @@ from airflow_provider_cartesia.idempotency import (
     Campaign,
     DuplicateRiskError,
     parse_tag,
-    part_name,
     parts_report,
     plan_parts,
     recipients_fingerprint,
@@ -25,6 +24,10 @@ from airflow_provider_cartesia.models import CallBatch
 T0 = datetime(2026, 6, 1, 12, tzinfo=timezone.utc)
 KEY = task_instance_key("campaigns", "create", "scheduled__2026-06-01T00:00:00+00:00", -1)
 FP = recipients_fingerprint([{"to_number": "+14155550100"}])
+
+
+def part_name(name: str, key: str, fingerprint: str, part: int, parts: int) -> str:
+    return Campaign(key, None, fingerprint, parts).part_name(name, part)
 
 
 def _batch(name: str, minutes_ago: float = 0, batch_id: str | None = None) -> CallBatch:
@@ -170,16 +173,25 @@ def test_plan_adopts_the_oldest_of_duplicates_and_says_so() -> None:
 def test_plan_adopts_a_complete_earlier_list_and_sends_nothing() -> None:
     plan = plan_parts(_found((1, 2, "aaaaaa", 5), (2, 2, "aaaaaa", 5)), Campaign(KEY, None, FP, 3))
     assert sorted(plan.adopt) == [1, 2] and plan.create == [] and plan.parts == 2
-    assert "for a different recipient list" in plan.notes[0] and "sending nothing" in plan.notes[0]
+    assert plan.notes == [
+        "earlier tries of this task created batches for another recipient list than this try's: "
+        "acb_1_2_aaaaaa_5 (part 1 of 2, list aaaaaa), acb_2_2_aaaaaa_5 (part 2 of 2, list aaaaaa); "
+        "adopting them and sending nothing"
+    ]
 
 
 def test_plan_refuses_to_complete_an_earlier_list_that_differs() -> None:
-    with pytest.raises(DuplicateRiskError, match="created 1 of 2 part"):
+    with pytest.raises(
+        DuplicateRiskError,
+        match=r"another recipient list than this try's: acb_1_2_aaaaaa_5 \(part 1 of 2, list aaaaaa\); creating",
+    ):
         plan_parts(_found((1, 2, "aaaaaa", 5)), Campaign(KEY, None, FP, 2))
 
 
 def test_plan_refuses_two_different_earlier_lists() -> None:
-    with pytest.raises(DuplicateRiskError, match="different recipient lists"):
+    with pytest.raises(
+        DuplicateRiskError, match=f"another recipient list than this try's: acb_1_1_aaaaaa_5 .*, acb_1_1_{FP}_2 "
+    ):
         plan_parts(_found((1, 1, "aaaaaa", 5), (1, 1, FP, 2)), Campaign(KEY, None, FP, 1))
 
 

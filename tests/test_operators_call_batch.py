@@ -27,7 +27,7 @@ from airflow_provider_cartesia.compat import AirflowFailException, AirflowSkipEx
 from airflow_provider_cartesia.exceptions import CartesiaCancelError, CartesiaServerError
 from airflow_provider_cartesia.idempotency import (
     CLOCK_SKEW_MARGIN,
-    part_name,
+    Campaign,
     recipients_fingerprint,
     task_instance_key,
 )
@@ -119,7 +119,7 @@ def _op(
 
 def _name(ti: FakeTI, recipients: list[dict[str, Any]] = RECIPIENTS, part: int = 1, parts: int = 1) -> str:
     key = task_instance_key(ti.dag_id, ti.task_id, ti.run_id, ti.map_index)
-    return part_name("Spring renewals", key, recipients_fingerprint(recipients), part, parts)
+    return Campaign(key, None, recipients_fingerprint(recipients), parts).part_name("Spring renewals", part)
 
 
 def _no_personal_data(*values: Any) -> None:

@@ -222,8 +222,10 @@ def test_a_metadata_column_holds_json_text_or_parsed_objects() -> None:
         {"to_number": "+2", "metadata": {"tier": "blue", "lang": "fr"}},
         {"to_number": "+3", "metadata": {"lang": "de"}},
     ]
-    assert recipients_from_rows(["to_number"], [(NUMBER,)]) == [{"to_number": NUMBER}]
-    assert recipients_from_rows(["to_number", "metadata"], [(NUMBER, None)]) == [{"to_number": NUMBER}]
+    assert recipients_from_rows(["to_number"], [(NUMBER,)]) == [{"to_number": NUMBER, "metadata": None}]
+    assert validate_recipients(recipients_from_rows(["to_number", "metadata"], [(NUMBER, None)])) == [
+        {"to_number": NUMBER}
+    ]
 
 
 @pytest.mark.parametrize(

@@ -284,17 +284,15 @@ class CreateCallBatchOperator(CallBatchWaitMixin):
 
     def _recipients(self) -> list[dict[str, Any]]:
         """The validated recipient list (AirflowFailException when invalid: retries cannot fix data)."""
-        source = "recipients"
+        sql, conn_id = self.recipients_sql, self.warehouse_conn_id
+        source = "recipients" if sql is None else f"recipients_sql on connection '{conn_id}'"
         try:
-            if self.recipients_sql is None:
+            if sql is None:
                 items = self._listed_recipients()
+            elif not conn_id:
+                _fail("recipients_sql needs warehouse_conn_id")
             else:
-                source = f"recipients_sql on connection '{self.warehouse_conn_id}'"
-                if not self.warehouse_conn_id:
-                    _fail("recipients_sql needs warehouse_conn_id")
-                items = load_recipients_from_sql(
-                    self.warehouse_conn_id, self.recipients_sql, self.recipients_sql_parameters
-                )
+                items = load_recipients_from_sql(conn_id, sql, self.recipients_sql_parameters)
             if not items and self.skip_if_no_recipients:
                 raise AirflowSkipException(f"No recipients from {source}; nothing to call")
             return validate_recipients(items, allow_duplicate_numbers=self.allow_duplicate_numbers)
@@ -363,21 +361,21 @@ class CreateCallBatchOperator(CallBatchWaitMixin):
         self, campaign: Campaign, plan: PartsPlan, parts: list[list[Any]], scheduled_at: datetime | None
     ) -> list[str]:
         """Create the parts the plan does not adopt; a failure says which parts exist."""
-        batches = dict(plan.adopt)
+        created = {p: b.id for p, b in plan.adopt.items()}
         for part in plan.create:
-            self._batch_ids = [b.id for _, b in sorted(batches.items())]
+            self._batch_ids = list(created.values())  # what on_kill cancels
             first = 1 + sum(len(p) for p in parts[: part - 1])
             try:
-                batches[part] = self._create_part(campaign, part, parts[part - 1], first, scheduled_at)
+                created[part] = self._create_part(campaign, part, parts[part - 1], first, scheduled_at).id
             except Exception as exc:
                 if plan.parts == 1:
                     raise
-                report = parts_report({p: b.id for p, b in batches.items()}, plan.parts)
+                report = parts_report(created, plan.parts)
                 if isinstance(exc, AirflowFailException):
                     raise AirflowFailException(f"{exc}. {report}") from exc
                 self.log.error("%s; a retry adopts the created parts and creates the others", report)
                 raise
-        self._batch_ids = [batches[p].id for p in range(1, plan.parts + 1)]
+        self._batch_ids = [created[p] for p in range(1, plan.parts + 1)]
         return self._batch_ids
 
     def _create_part(
@@ -426,7 +424,7 @@ class CreateCallBatchOperator(CallBatchWaitMixin):
                 errors.append(str(exc))
                 continue
             for tagged in found:
-                if (tagged.part, tagged.parts, tagged.fingerprint) == (part, campaign.parts, campaign.fingerprint):
+                if tagged.of(campaign) and tagged.part == part:
                     self.log.info("Cartesia has it: adopting call batch %s (%r)", tagged.batch.id, name)
                     return tagged.batch
         looked = "could not list the batches (" + "; ".join(errors) + ")" if len(errors) == 2 else "it is not listed"
@@ -524,30 +522,29 @@ class CancelCallBatchOperator(CartesiaHookMixin, BaseOperator):
         context["ti"].xcom_push(key=CALL_BATCH_ID_XCOM_KEY, value=ids[0])
         CallBatchLink.persist(context, self.hook, ids[0])
         summaries: list[dict[str, Any]] = []
-        failures: dict[str, CartesiaError] = {}
+        failures: dict[str, BaseException] = {}
         for batch_id in ids:
             try:
                 summaries.append(self._cancel(batch_id))
             except CartesiaError as exc:
                 self.log.warning("Could not cancel call batch %s: %s", batch_id, exc)
                 failures[batch_id] = exc
+        single = isinstance(self.batch_id, str)
         if not failures:
-            return summaries[0] if isinstance(self.batch_id, str) else summaries
-        permanent = all(is_permanent(exc) for exc in failures.values())
+            return summaries[0] if single else summaries
         first = next(iter(failures.values()))
-        if isinstance(self.batch_id, str):
-            if permanent:
-                _fail(f"Could not cancel call batch {ids[0]}: {first}", first)
-            raise first
-        context["ti"].xcom_push(key=CANCELLED_XCOM_KEY, value=summaries)
-        reasons = "; ".join(f"{batch_id}: {exc}" for batch_id, exc in failures.items())
-        message = (
-            f"Could not cancel {len(failures)} of {len(ids)} call batches ({', '.join(failures)}); the other "
-            f"{len(ids) - len(failures)} were cancelled or already over. {reasons}"
-        )
-        if permanent:
+        if single:
+            message = f"Could not cancel call batch {ids[0]}: {first}"
+        else:
+            context["ti"].xcom_push(key=CANCELLED_XCOM_KEY, value=summaries)
+            reasons = "; ".join(f"{batch_id}: {exc}" for batch_id, exc in failures.items())
+            message = (
+                f"Could not cancel {len(failures)} of {len(ids)} call batches ({', '.join(failures)}); the other "
+                f"{len(ids) - len(failures)} were cancelled or already over. {reasons}"
+            )
+        if all(is_permanent(exc) for exc in failures.values()):
             _fail(message, first)
-        raise CartesiaCancelError(message, failures=dict(failures))
+        raise first if single else CartesiaCancelError(message, failures=failures)
 
     def _cancel(self, batch_id: str) -> dict[str, Any]:
         before = self.hook.get_call_batch(batch_id)

@@ -1,7 +1,18 @@
-"""Errors raised by the Cartesia provider, as one rooted tree (docs/troubleshooting.md draws it; statuses map
-to classes in :func:`api.error_class`). :func:`is_permanent` is the one answer to "may asking again
-succeed?". Messages never carry the API key or phone numbers (:func:`redact`), nor a database driver's
-message about a write.
+"""Errors raised by the Cartesia provider: one rooted tree (statuses map to classes in :func:`api.error_class`).
+
+::
+
+    CartesiaError
+    ├── CartesiaConfigError, CartesiaInvalidIdError     unusable connection or id
+    ├── CartesiaAPIError                                a request failed (status_code, error_code, ...)
+    │   ├── BadRequest, Auth, PaymentRequired, NotFound, RateLimit, Server (by status)
+    │   ├── CartesiaResponseError                       unreadable 2xx (TooLarge, AnswerMismatch)
+    │   └── CartesiaTransportError                      no response (CreateOutcomeUnknown: never resent)
+    ├── CartesiaCancelError                             some batches of a list could not be cancelled
+    └── CartesiaWarehouseError                          a write failed (SchemaError: unusable table)
+
+:func:`is_permanent` is the one answer to "may asking again succeed?". Messages never carry the API key
+or phone numbers (:func:`redact`), nor a database driver's message about a write.
 """
 
 from __future__ import annotations

@@ -104,22 +104,25 @@ class CartesiaHook(BaseHook):
         self.max_retries = max_retries
         self._sleep: Callable[[float], None] = time.sleep
         self._asleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+        self._settings: ApiSettings | None = None
 
-    @cached_property
+    @property
     def settings(self) -> ApiSettings:
         """The connection, validated and resolved (looked up once per hook)."""
-        conn = self.get_connection(self.cartesia_conn_id)
-        return settings_from_connection(conn, timeout=self.timeout, max_retries=self.max_retries)
+        if self._settings is None:
+            conn = self.get_connection(self.cartesia_conn_id)
+            self._settings = settings_from_connection(conn, timeout=self.timeout, max_retries=self.max_retries)
+        return self._settings
 
     async def asettings(self) -> ApiSettings:
         """Like :attr:`settings`, looked up with Airflow's async connection API (safe in a triggerer)."""
-        if "settings" not in self.__dict__:  # the cache slot of the cached_property above
+        if self._settings is None:
             conn = await self.aget_connection(self.cartesia_conn_id)
             # Off the event loop: checking the URL imports and runs the HTTP libraries' parsers.
-            self.__dict__["settings"] = await asyncio.to_thread(
+            self._settings = await asyncio.to_thread(
                 settings_from_connection, conn, timeout=self.timeout, max_retries=self.max_retries
             )
-        return self.__dict__["settings"]
+        return self._settings
 
     @cached_property
     def session(self) -> requests.Session:

@@ -100,7 +100,7 @@ def scan_for_tagged(batches: Iterable[CallBatch], campaign: Campaign, wanted: Co
     missing = set(wanted)
     seen = 0
     for seen, batch in enumerate(batches, start=1):
-        if campaign.not_before and batch.created_at and utc(batch.created_at) < campaign.not_before:
+        if campaign.not_before and batch.created_at and batch.created_at < campaign.not_before:
             return ScanResult(found, seen - 1)
         tagged = parse_tag(batch)
         if tagged is not None and tagged.key == campaign.key:
@@ -134,7 +134,7 @@ def plan_parts(found: Sequence[TaggedBatch], campaign: Campaign) -> PartsPlan:
     lists = {(t.parts, t.fingerprint) for t in found}
     parts, fingerprint = lists.pop() if len(lists) == 1 else (campaign.parts, campaign.fingerprint)
     plan = PartsPlan(adopt={}, parts=parts)
-    for tagged in sorted(found, key=lambda t: utc(t.batch.created_at) if t.batch.created_at else _NEVER):
+    for tagged in sorted(found, key=lambda t: t.batch.created_at or _NEVER):
         if tagged.part in plan.adopt:
             oldest = plan.adopt[tagged.part].id
             plan.notes.append(

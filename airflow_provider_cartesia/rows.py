@@ -15,8 +15,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic_core import to_json
 
-from airflow_provider_cartesia.models import utc
-
 if TYPE_CHECKING:
     from airflow_provider_cartesia.models import AgentCall, CallBatch, CallBatchRecipient
 
@@ -134,7 +132,7 @@ def batch_rows(
 ) -> Iterator[tuple[Any, ...]]:
     """One row per recipient of ``batch`` (fetched with its recipients), in :func:`export_columns` order.
 
-    :param exported_at: the value of ``exported_at`` for every row.
+    :param exported_at: the value of ``exported_at`` for every row (aware UTC, as model date-times are).
     :param adapt_time: turns an aware UTC datetime into what the engine takes for a timestamp.
     :param calls: the batch's call outcomes; pass them to fill the call columns.
     :param include_transcript: add ``call_transcript`` (needs ``calls``).
@@ -144,7 +142,7 @@ def batch_rows(
 
     @cache  # recipients are queued with their batch: they share one created_at, adapted once
     def adapt(value: datetime | None) -> Any:
-        return None if value is None else adapt_time(utc(value))
+        return None if value is None else adapt_time(value)
 
     for r in batch.recipients or ():
         row: tuple[Any, ...] = (
